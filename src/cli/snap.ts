@@ -1,0 +1,16 @@
+import { runCli } from './common.js';
+import { SbkError } from '../lib/errors.js';
+
+export function main(argv: string[]): Promise<void> {
+  return runCli(
+    {
+      name: 'sbk-snap',
+      usage: '$0 [options]',
+      options: (y) => y,
+      run: async () => {
+        throw new SbkError('sbk-snap is not implemented yet', 1);
+      },
+    },
+    argv,
+  );
+}

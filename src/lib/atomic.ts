@@ -1,0 +1,111 @@
+// Atomic file writes: data goes to a temporary name in the same directory, is fsynced, then
+// renamed over the final name, and the directory is fsynced. A killed run leaves at most a
+// `.<name>.tmp-<pid>-<n>` file, never a half-written file under the final name.
+import { open, rename, rm, link, unlink } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import type { FileHandle } from 'node:fs/promises';
+import { SbkError, ExitCode } from './errors.js';
+
+let counter = 0;
+
+export function tempNameFor(finalPath: string): string {
+  return path.join(path.dirname(finalPath), `.${path.basename(finalPath)}.tmp-${process.pid}-${counter++}`);
+}
+
+/** True for names `tempNameFor` makes (so clean-up can find leftovers of killed runs). */
+export function isTempName(name: string): boolean {
+  return /^\..+\.tmp-\d+-\d+$/.test(name);
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export interface AtomicFile {
+  readonly tempPath: string;
+  readonly finalPath: string;
+  /** A writable stream into the temporary file (backpressure honoured). */
+  readonly stream: Writable;
+  /** fsync, then rename into place. `noClobber`: fail if the final name exists. */
+  commit(opts?: { noClobber?: boolean }): Promise<void>;
+  /** Removes the temporary file (safe to call after commit: it does nothing then). */
+  abort(): Promise<void>;
+}
+
+/** Opens a temporary file next to `finalPath`; nothing appears under `finalPath` before commit. */
+export async function createAtomicFile(finalPath: string, mode = 0o644): Promise<AtomicFile> {
+  const tempPath = tempNameFor(finalPath);
+  const fh: FileHandle = await open(tempPath, 'wx', mode);
+  let closed = false;
+  let done = false;
+  const stream = new Writable({
+    highWaterMark: 1024 * 1024,
+    writev(chunks, cb) {
+      fh.writev(chunks.map((c) => c.chunk as Buffer)).then(() => cb(), cb);
+    },
+    write(chunk: Buffer, _enc, cb) {
+      fh.write(chunk).then(() => cb(), cb);
+    },
+    final(cb) {
+      cb();
+    },
+  });
+  const close = async () => {
+    if (!closed) {
+      closed = true;
+      await fh.close();
+    }
+  };
+  return {
+    tempPath,
+    finalPath,
+    stream,
+    async commit(opts = {}) {
+      await fh.sync();
+      await close();
+      if (opts.noClobber) {
+        // link() fails with EEXIST instead of replacing: an existing archive is never overwritten.
+        try {
+          await link(tempPath, finalPath);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'EEXIST')
+            throw new SbkError(`${finalPath} already exists; not overwriting it`, ExitCode.conflict);
+          throw err;
+        }
+        await unlink(tempPath);
+      } else {
+        await rename(tempPath, finalPath);
+      }
+      done = true;
+      await fsyncDir(path.dirname(finalPath));
+    },
+    async abort() {
+      if (done) return;
+      stream.destroy();
+      await close().catch(() => {});
+      await rm(tempPath, { force: true });
+    },
+  };
+}
+
+/** Writes a whole small file atomically. */
+export async function writeFileAtomic(finalPath: string, data: string | Buffer, opts: { noClobber?: boolean; mode?: number } = {}) {
+  const f = await createAtomicFile(finalPath, opts.mode);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      f.stream.end(data, () => resolve());
+      f.stream.once('error', reject);
+    });
+    await f.commit({ noClobber: opts.noClobber });
+  } catch (err) {
+    await f.abort();
+    throw err;
+  }
+}

@@ -1,0 +1,144 @@
+// The btrfs commands sbk runs, through execa. Big outputs (send streams) are never buffered:
+// stdout is a stream (`buffer: {stdout: false}`); stderr is kept so errors can quote it.
+import { statfs, stat } from 'node:fs/promises';
+import type { Readable, Writable } from 'node:stream';
+import { execa, type ResultPromise } from 'execa';
+import { SbkError, ExitCode } from './errors.js';
+
+export const BTRFS_SUPER_MAGIC = 0x9123683e;
+/** Inode number of every subvolume's root directory on BTRFS. */
+const SUBVOLUME_ROOT_INO = 256;
+
+export async function isOnBtrfs(p: string): Promise<boolean> {
+  const s = await statfs(p);
+  return Number(s.type) === BTRFS_SUPER_MAGIC;
+}
+
+/** Subvolume check that needs neither root nor btrfs-progs. */
+export async function isSubvolume(p: string): Promise<boolean> {
+  const [fs, st] = await Promise.all([statfs(p), stat(p)]);
+  return Number(fs.type) === BTRFS_SUPER_MAGIC && st.isDirectory() && st.ino === SUBVOLUME_ROOT_INO;
+}
+
+/** Throws a clear error unless `p` is a BTRFS subvolume. */
+export async function requireSubvolume(p: string, what: string): Promise<void> {
+  let fs, st;
+  try {
+    [fs, st] = await Promise.all([statfs(p), stat(p)]);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new SbkError(`${what} ${p} does not exist`, ExitCode.notFound);
+    throw err;
+  }
+  if (Number(fs.type) !== BTRFS_SUPER_MAGIC) throw new SbkError(`${what} ${p} is not on a BTRFS filesystem`, ExitCode.badInput);
+  if (!st.isDirectory() || st.ino !== SUBVOLUME_ROOT_INO)
+    throw new SbkError(`${what} ${p} is not a BTRFS subvolume`, ExitCode.badInput);
+}
+
+function btrfsError(args: string[], err: unknown): SbkError {
+  const e = err as { stderr?: string; shortMessage?: string; code?: string; message?: string };
+  if (e.code === 'ENOENT')
+    return new SbkError('btrfs not found: install btrfs-progs (apt-get install btrfs-progs)', ExitCode.failure);
+  const detail = (e.stderr ?? '').trim().split('\n').filter(Boolean).slice(-3).join('; ') || e.shortMessage || e.message;
+  return new SbkError(`btrfs ${args.join(' ')} failed: ${detail}`, ExitCode.failure, { cause: err });
+}
+
+export async function btrfs(args: string[], signal?: AbortSignal): Promise<string> {
+  try {
+    const r = await execa('btrfs', args, { cancelSignal: signal, stdin: 'ignore' });
+    return r.stdout;
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason;
+    throw btrfsError(args, err);
+  }
+}
+
+export interface SubvolumeInfo {
+  uuid: string;
+  parentUuid: string | null;
+  receivedUuid: string | null;
+  readonly: boolean;
+  generation: number;
+}
+
+export function parseSubvolumeShow(out: string): SubvolumeInfo {
+  const field = (name: string): string | null => {
+    const m = new RegExp(`^\\s*${name}:\\s*(.*)$`, 'm').exec(out);
+    const v = m?.[1]?.trim();
+    return !v || v === '-' ? null : v;
+  };
+  const uuid = field('UUID');
+  if (!uuid) throw new SbkError(`cannot read the UUID from 'btrfs subvolume show' output`, ExitCode.failure);
+  return {
+    uuid,
+    parentUuid: field('Parent UUID'),
+    receivedUuid: field('Received UUID'),
+    readonly: /\breadonly\b/.test(field('Flags') ?? ''),
+    generation: Number(field('Generation') ?? 0),
+  };
+}
+
+export async function subvolumeInfo(p: string, signal?: AbortSignal): Promise<SubvolumeInfo> {
+  return parseSubvolumeShow(await btrfs(['subvolume', 'show', p], signal));
+}
+
+export async function snapshot(src: string, dst: string, opts: { readonly: boolean }, signal?: AbortSignal) {
+  await btrfs(['subvolume', 'snapshot', ...(opts.readonly ? ['-r'] : []), src, dst], signal);
+}
+
+export async function deleteSubvolume(p: string): Promise<void> {
+  // Never cancelled: clean-up must finish even while the run is being aborted.
+  await btrfs(['subvolume', 'delete', p]);
+}
+
+/**
+ * Starts `btrfs send [-p parent] snap`; the caller reads `.stdout` and awaits the process
+ * (which rejects with the btrfs message if send fails).
+ */
+export function send(
+  snap: string,
+  opts: { parent?: string; noData?: boolean; proto?: number; signal?: AbortSignal } = {},
+): { stdout: Readable; done: Promise<void> } {
+  const args = ['send', '-q'];
+  if (opts.parent) args.push('-p', opts.parent);
+  if (opts.noData) args.push('--no-data');
+  if (opts.proto) args.push('--proto', String(opts.proto));
+  args.push(snap);
+  const child: ResultPromise = execa('btrfs', args, {
+    buffer: { stdout: false, stderr: true },
+    stdin: 'ignore',
+    cancelSignal: opts.signal,
+    encoding: 'buffer',
+  });
+  const done = child.then(
+    () => undefined,
+    (err) => {
+      if (opts.signal?.aborted) throw opts.signal.reason;
+      throw btrfsError(args, err);
+    },
+  );
+  return { stdout: child.stdout as Readable, done };
+}
+
+/**
+ * Starts `btrfs receive dir`; the caller writes the send stream into `.stdin` and awaits
+ * `.done`. `-e` makes receive stop at the stream's END command, so that a following stream
+ * can be fed separately.
+ */
+export function receive(dir: string, signal?: AbortSignal): { stdin: Writable; done: Promise<void> } {
+  const args = ['receive', '-e', dir];
+  const child = execa('btrfs', args, {
+    stdin: 'pipe',
+    stdout: 'ignore',
+    buffer: { stderr: true },
+    cancelSignal: signal,
+  });
+  const done = child.then(
+    () => undefined,
+    (err) => {
+      if (signal?.aborted) throw signal.reason;
+      throw btrfsError(args, err);
+    },
+  );
+  return { stdin: child.stdin as Writable, done };
+}

@@ -1,0 +1,110 @@
+// Names and places: the storage layout users' scripts depend on (see man/sbk.7, FILES).
+//   <backup-dir>/<c>/<time>[_Full]/<volume>   read-only snapshots (a "snapshot set")
+//   <backup-dir>/<c>_<time>[_Full].tar.gz     archive
+//   <backup-dir>/<c>_<time>_changelog.txt     changelog sidecar
+import path from 'node:path';
+import { SbkError, ExitCode } from './errors.js';
+
+export const DEFAULT_LXC_DIR = '/var/snap/subutai/common/lxc';
+
+export interface Dirs {
+  lxcDir: string;
+  backupDir: string;
+}
+
+export function resolveDirs(opts: { lxcDir?: string; backupDir?: string }, env = process.env): Dirs {
+  const lxcDir = path.resolve(opts.lxcDir || env.SBK_LXC_DIR || DEFAULT_LXC_DIR);
+  const backupDir = path.resolve(opts.backupDir || env.SBK_BACKUP_DIR || path.join(lxcDir, 'backups'));
+  return { lxcDir, backupDir };
+}
+
+// LXC accepts most characters, but sbk's names end up in file names, config lines and the
+// `<c>_<time>` archive names: keep to a portable set, never `/`, spaces or a leading dot.
+const CONTAINER_NAME = /^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$/;
+
+/** Checks a container name; returns it or throws a usage error naming the problem. */
+export function checkContainerName(name: string, what = 'container name'): string {
+  if (typeof name !== 'string' || name === '') throw new SbkError(`${what} is empty`, ExitCode.usage);
+  if (name.includes('/')) throw new SbkError(`${what} '${name}' contains '/'`, ExitCode.usage);
+  if (name === '.' || name === '..' || name.includes('..'))
+    throw new SbkError(`${what} '${name}' contains '..'`, ExitCode.usage);
+  if (/\s/.test(name)) throw new SbkError(`${what} '${name}' contains white space`, ExitCode.usage);
+  if (name === 'backups') throw new SbkError(`'backups' is the backup directory, not a container`, ExitCode.usage);
+  if (!CONTAINER_NAME.test(name))
+    throw new SbkError(
+      `${what} '${name}' is not valid (letters, digits and _ . + - only, starting with a letter or digit, at most 100)`,
+      ExitCode.usage,
+    );
+  return name;
+}
+
+export function isValidContainerName(name: string): boolean {
+  try {
+    checkContainerName(name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const VOLUME_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$/;
+
+export function isValidVolumeName(name: string): boolean {
+  return VOLUME_NAME.test(name) && name !== 'meta' && !name.includes('..');
+}
+
+/** The base name of a backup: `<c>_<time>` or `<c>_<time>_Full`. */
+export function backupName(container: string, time: number, full: boolean): string {
+  return `${container}_${time}${full ? '_Full' : ''}`;
+}
+
+export function setDirName(time: number, full: boolean): string {
+  return `${time}${full ? '_Full' : ''}`;
+}
+
+export function setDir(dirs: Dirs, container: string, time: number, full: boolean): string {
+  return path.join(dirs.backupDir, container, setDirName(time, full));
+}
+
+export const archiveFileName = (container: string, time: number, full: boolean) =>
+  `${backupName(container, time, full)}.tar.gz`;
+
+export const changelogFileName = (container: string, time: number) => `${container}_${time}_changelog.txt`;
+
+export interface ParsedArchiveName {
+  container: string;
+  time: number;
+  full: boolean;
+}
+
+const ARCHIVE_RE = /^(.+)_(\d{1,12})(_Full)?\.tar\.gz$/;
+
+/**
+ * Parses `<c>_<time>[_Full].tar.gz`. Container names may themselves hold `_` and digits
+ * (`web_2_1477297700.tar.gz` is container `web_2`), so the time is taken from the right.
+ */
+export function parseArchiveName(fileName: string): ParsedArchiveName | undefined {
+  const m = ARCHIVE_RE.exec(path.basename(fileName));
+  if (!m) return undefined;
+  return { container: m[1]!, time: Number(m[2]), full: m[3] !== undefined };
+}
+
+const SET_RE = /^(\d{1,12})(_Full)?$/;
+
+export function parseSetDirName(name: string): { time: number; full: boolean } | undefined {
+  const m = SET_RE.exec(name);
+  if (!m) return undefined;
+  return { time: Number(m[1]), full: m[2] !== undefined };
+}
+
+/** Where a run keeps a snapshot set while making it; renamed to the final name when complete. */
+export const partialSetDirName = (time: number, full: boolean) => `.${setDirName(time, full)}.partial`;
+
+/** Marker written in a snapshot set once its archive is safely stored (the set may be a parent). */
+export const CONFIRMED_MARKER = '.sbk-confirmed';
+/** The changelog sbk-changelog writes inside the set, before sbk-pack places the sidecar. */
+export const SET_CHANGELOG = '.sbk-changelog.txt';
+
+export function formatTime(time: number): string {
+  return new Date(time * 1000).toISOString().replace('.000Z', 'Z');
+}

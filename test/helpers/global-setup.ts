@@ -1,0 +1,15 @@
+// Runs once per test run: builds dist/ (the binaries run the compiled code) and, at the end,
+// unmounts any sandbox a crashed test left behind (each test also tears down its own).
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { sweepSandboxes } from './sandbox.js';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+
+export function setup(): void {
+  execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });
+}
+
+export async function teardown(): Promise<void> {
+  await sweepSandboxes();
+}
