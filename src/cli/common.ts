@@ -85,7 +85,7 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
         })
         .option('quiet', { alias: 'q', type: 'boolean', describe: 'print errors only' })
         .option('verbose', { alias: 'v', type: 'boolean', describe: 'print more detail' })
-        .strict()
+        .strictOptions()
         .version(toolVersion())
         .help()
         .alias('help', 'h')

@@ -150,12 +150,28 @@ export class ArchiveWriter {
     await this.put({ name: META_PREFIX + rel, mode, mtime }, [data]);
   }
 
-  async addChangelog(body: AsyncIterable<Buffer>): Promise<void> {
-    // Changelogs are read whole into memory only if small; large ones stream in parts? No: the
-    // tar header needs the size first, so the caller passes the file's stream and we collect.
-    const chunks: Buffer[] = [];
-    for await (const c of body) chunks.push(c);
-    await this.put({ name: CHANGELOG_ENTRY }, chunks);
+  /** Streams a file of known size (the changelog can be large: never held whole in memory). */
+  async addChangelog(body: AsyncIterable<Buffer>, size: number): Promise<void> {
+    const hash = createHash('sha256');
+    let n = 0;
+    await new Promise<void>((resolve, reject) => {
+      const sink = this.pack.entry({ name: CHANGELOG_ENTRY, type: 'file', mode: 0o644, mtime: this.mtime, size }, (err) =>
+        err ? reject(err) : resolve(),
+      );
+      (async () => {
+        for await (const c of body) {
+          hash.update(c);
+          n += c.length;
+          if (n > size) throw new Error(`${CHANGELOG_ENTRY} grew while being archived`);
+          if (!sink.write(c)) await new Promise<void>((r) => sink.once('drain', () => r()));
+        }
+        (sink as unknown as { end(): void }).end();
+      })().catch((err: Error) => {
+        sink.destroy(err);
+        reject(err);
+      });
+    });
+    this.digests.push({ name: CHANGELOG_ENTRY, size: n, sha256: hash.digest('hex') });
   }
 
   /** Frames a send stream of unknown length as parts of at most `partSize` bytes. */
