@@ -30,6 +30,7 @@ export function main(argv: string[]): Promise<void> {
           ctx.signal.throwIfAborted();
           const pack = tar.pack();
           const piping = pipeline(pack, process.stdout, { end: false, signal: ctx.signal });
+          piping.catch(() => {}); // handled where awaited; the framing may fail first
           try {
             await writeBackupArchive(pack, record, {
               log: ctx.log,

@@ -1,14 +1,96 @@
+// sbk-unpack: archives in (paths, a list of paths on stdin, or archive bytes on stdin), a
+// restored container out, at <lxc-dir>/<name>. --verify checks archives without restoring.
+import path from 'node:path';
+import { stat } from 'node:fs/promises';
 import { runCli } from './common.js';
-import { SbkError } from '../lib/errors.js';
+import { SbkError, ExitCode } from '../lib/errors.js';
+import type { RestoreInput } from '../lib/restore.js';
+
+interface UnpackArgs {
+  as?: string;
+  force?: boolean;
+  verify?: boolean;
+}
+
+const MAX_LIST = 1024 * 1024;
+
+async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
+  const { openArchiveFile } = await import('../lib/chain.js');
+  const { parseArchiveName } = await import('../lib/layout.js');
+  const inputs: RestoreInput[] = [];
+  for (const p of paths) {
+    const abs = path.resolve(p);
+    // All checked before anything is read: a typo in the fourth path fails in a second.
+    const st = await stat(abs).catch(() => undefined);
+    if (!st) throw new SbkError(`${p}: no such archive`, ExitCode.notFound);
+    if (!st.isFile()) throw new SbkError(`${p} is not a regular file`, ExitCode.badInput);
+    inputs.push({ source: abs, open: () => openArchiveFile(abs), nameInfo: parseArchiveName(abs) });
+  }
+  return inputs;
+}
+
+/** Stdin holds either archive bytes (gzip or tar) or a list of paths, one a line: the first bytes tell. */
+async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }> {
+  const { peekStream, sniff, describeKind } = await import('../lib/input.js');
+  const { openArchiveStream } = await import('../lib/chain.js');
+  if (process.stdin.isTTY)
+    throw new SbkError('no archives: give their paths, or pipe `sbk-plan CONTAINER` or archive bytes into stdin', ExitCode.usage);
+  const { head, stream } = await peekStream(process.stdin, 512);
+  const kind = sniff(head);
+  if (kind === 'gzip' || kind === 'tar')
+    return { inputs: [{ source: 'stdin', open: () => openArchiveStream(stream, 'stdin') }], files: false };
+  if (kind === 'empty') throw new SbkError('no input: stdin is empty (expected archive paths or archive bytes)', ExitCode.badInput);
+  if (kind !== 'text')
+    throw new SbkError(`expected archive paths or sbk archives on stdin, got ${describeKind[kind]}`, ExitCode.badInput);
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of stream as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > MAX_LIST) throw new SbkError('the list of archive paths on stdin is larger than 1 MiB', ExitCode.badInput);
+    chunks.push(c);
+  }
+  const paths = Buffer.concat(chunks)
+    .toString('utf8')
+    .split('\n')
+    .map((l) => l.replace(/\r$/, ''))
+    .filter((l) => l.trim() !== '');
+  if (paths.length === 0) throw new SbkError('no archive paths on stdin', ExitCode.badInput);
+  return { inputs: await fileInputs(paths), files: true };
+}
 
 export function main(argv: string[]): Promise<void> {
-  return runCli(
+  return runCli<UnpackArgs>(
     {
       name: 'sbk-unpack',
-      usage: '$0 [options]',
-      options: (y) => y,
-      run: async () => {
-        throw new SbkError('sbk-unpack is not implemented yet', 1);
+      usage:
+        '$0 [--as NAME] [--force] [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.gz | sbk-unpack).',
+      options: (y) =>
+        y
+          .option('as', { type: 'string', describe: 'restore under this container name (default: the archived name)' })
+          .option('force', { alias: 'f', type: 'boolean', describe: 'replace an existing container, once the new one is complete' })
+          .option('verify', { type: 'boolean', describe: 'check archives fully (gzip, tar, sha256, send streams); restore nothing, needs no root' })
+          .conflicts('verify', ['as', 'force']),
+      run: async (args, ctx) => {
+        const { restoreChain, verifyInputs, precheckFiles } = await import('../lib/restore.js');
+        const { checkContainerName } = await import('../lib/layout.js');
+        if (args.as !== undefined) checkContainerName(args.as, '--as name');
+        const positional = args._.map(String);
+        const { inputs, files } = positional.length
+          ? { inputs: await fileInputs(positional), files: true }
+          : await stdinInputs();
+
+        if (args.verify) {
+          await verifyInputs(inputs, { log: ctx.log, signal: ctx.signal });
+          return;
+        }
+        if (files) await precheckFiles(inputs, args.as);
+        await restoreChain(inputs, {
+          lxcDir: ctx.dirs.lxcDir,
+          as: args.as,
+          force: args.force,
+          log: ctx.log,
+          signal: ctx.signal,
+        });
       },
     },
     argv,

@@ -30,7 +30,8 @@ type Crc32 = (data: Uint8Array, prev: number) => number;
 const nativeCrc32 = (zlib as { crc32?: Crc32 }).crc32;
 
 let table: Int32Array | undefined;
-function jsCrc32(data: Uint8Array, prev: number): number {
+/** Exported for tests only. */
+export function jsCrc32(data: Uint8Array, prev: number): number {
   if (!table) {
     table = new Int32Array(256);
     for (let n = 0; n < 256; n++) {
@@ -86,6 +87,7 @@ class ParallelGzip extends Duplex {
   private size = 0;
 
   private readonly queue: Job[] = []; // dispatched, not yet pushed; in input order
+  private running = 0; // jobs on the thread pool
   private full: Buffer | undefined; // a full block waiting for a free slot
   private writeCb: ((err?: Error | null) => void) | undefined; // held back = backpressure
   private rest: Buffer | undefined; // unconsumed part of the current write
@@ -133,7 +135,9 @@ class ParallelGzip extends Duplex {
 
   /** A new block may start deflating: a thread is free and the reader is keeping up. */
   private canDispatch(): boolean {
-    return this.queue.length < this.threads && !this.readBlocked;
+    // A finished block may wait for a slower predecessor; one spare slot keeps every thread busy
+    // meanwhile, and bounds what is held to threads + 1 blocks.
+    return this.running < this.threads && this.queue.length <= this.threads && !this.readBlocked;
   }
 
   /** Moves input forward as far as the limits allow; called whenever one of them may have eased. */
@@ -183,17 +187,19 @@ class ParallelGzip extends Duplex {
   private dispatch(data: Buffer, last: boolean): void {
     const job: Job = { done: false };
     this.queue.push(job);
+    this.running++;
     zlib.deflateRaw(
       data,
       {
         level: this.level,
-        dictionary: this.dict,
+        
         // SYNC_FLUSH byte-aligns the end of a block (00 00 ff ff) so the next block's
         // independently produced bits can simply be appended to it.
         finishFlush: last ? zlib.constants.Z_FINISH : zlib.constants.Z_SYNC_FLUSH,
         chunkSize: this.outChunk,
       },
       (err, out) => {
+        this.running--;
         if (this.destroyed) return;
         if (err) return void this.destroy(err);
         job.out = out;

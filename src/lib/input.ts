@@ -1,6 +1,6 @@
 // Telling kinds of input apart by their first bytes, so that a stage given the wrong stream
 // says so instead of failing somewhere inside (see man/sbk.7, STREAMS).
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 
 export type InputKind = 'empty' | 'gzip' | 'tar' | 'ndjson' | 'btrfs-stream' | 'text' | 'binary';
 
@@ -27,45 +27,39 @@ export const describeKind: Record<InputKind, string> = {
 };
 
 /**
- * Reads up to `n` bytes from the start of a stream without consuming them: they are pushed
- * back (`unshift`) so the next reader sees the whole stream.
+ * Reads the first `n` bytes of a stream (fewer if it is shorter) and returns them with a stream
+ * that yields the whole input again, head included. (Pushing bytes back with unshift() fails on
+ * short inputs whose 'end' has already been emitted, so the rest is re-wrapped instead.)
  */
-export async function peek(stream: Readable, n: number): Promise<Buffer> {
+export async function peekStream(input: Readable, n: number): Promise<{ head: Buffer; stream: Readable }> {
+  const it = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   const chunks: Buffer[] = [];
   let have = 0;
+  let done = false;
   while (have < n) {
-    const chunk = stream.read() as Buffer | null;
-    if (chunk !== null) {
-      chunks.push(chunk);
-      have += chunk.length;
-      continue;
+    const r = await it.next();
+    if (r.done) {
+      done = true;
+      break;
     }
-    if (stream.readableEnded || (stream as { destroyed?: boolean }).destroyed) break;
-    const more = await new Promise<boolean>((resolve, reject) => {
-      const cleanup = () => {
-        stream.off('readable', onReadable);
-        stream.off('end', onEnd);
-        stream.off('error', onError);
-      };
-      const onReadable = () => {
-        cleanup();
-        resolve(true);
-      };
-      const onEnd = () => {
-        cleanup();
-        resolve(false);
-      };
-      const onError = (e: Error) => {
-        cleanup();
-        reject(e);
-      };
-      stream.once('readable', onReadable);
-      stream.once('end', onEnd);
-      stream.once('error', onError);
-    });
-    if (!more) break;
+    const c = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
+    chunks.push(c);
+    have += c.length;
   }
-  const all = Buffer.concat(chunks);
-  if (all.length) stream.unshift(all);
-  return all.subarray(0, n);
+  const head = Buffer.concat(chunks);
+  async function* whole(): AsyncGenerator<Buffer> {
+    if (head.length) yield head;
+    if (done) return;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return;
+      yield r.value;
+    }
+  }
+  const stream = Readable.from(whole(), { objectMode: false, highWaterMark: 64 * 1024 });
+  // Closing the wrapper early (a consumer that stops) must release the input too.
+  stream.on('close', () => {
+    if (!input.destroyed && !input.readableEnded) input.destroy();
+  });
+  return { head: head.subarray(0, n), stream };
 }

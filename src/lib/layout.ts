@@ -25,14 +25,15 @@ const CONTAINER_NAME = /^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$/;
 /** Checks a container name; returns it or throws a usage error naming the problem. */
 export function checkContainerName(name: string, what = 'container name'): string {
   if (typeof name !== 'string' || name === '') throw new SbkError(`${what} is empty`, ExitCode.usage);
-  if (name.includes('/')) throw new SbkError(`${what} '${name}' contains '/'`, ExitCode.usage);
-  if (name === '.' || name === '..' || name.includes('..'))
-    throw new SbkError(`${what} '${name}' contains '..'`, ExitCode.usage);
-  if (/\s/.test(name)) throw new SbkError(`${what} '${name}' contains white space`, ExitCode.usage);
+  // Control characters are shown escaped: the error stays one line.
+  const shown = name.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  if (name.includes('/')) throw new SbkError(`${what} '${shown}' contains '/'`, ExitCode.usage);
+  if (name.includes('..')) throw new SbkError(`${what} '${shown}' contains '..'`, ExitCode.usage);
+  if (/\s/.test(name)) throw new SbkError(`${what} '${shown}' contains white space`, ExitCode.usage);
   if (name === 'backups') throw new SbkError(`'backups' is the backup directory, not a container`, ExitCode.usage);
   if (!CONTAINER_NAME.test(name))
     throw new SbkError(
-      `${what} '${name}' is not valid (letters, digits and _ . + - only, starting with a letter or digit, at most 100)`,
+      `${what} '${shown}' is not valid (letters, digits and _ . + - only, starting with a letter or digit, at most 100)`,
       ExitCode.usage,
     );
   return name;
@@ -77,7 +78,8 @@ export interface ParsedArchiveName {
   full: boolean;
 }
 
-const ARCHIVE_RE = /^(.+)_(\d{1,12})(_Full)?\.tar\.gz$/;
+// No leading zeros: a parsed name must format back to the same file name.
+const ARCHIVE_RE = /^(.+)_(0|[1-9]\d{0,11})(_Full)?\.tar\.gz$/;
 
 /**
  * Parses `<c>_<time>[_Full].tar.gz`. Container names may themselves hold `_` and digits
@@ -85,11 +87,11 @@ const ARCHIVE_RE = /^(.+)_(\d{1,12})(_Full)?\.tar\.gz$/;
  */
 export function parseArchiveName(fileName: string): ParsedArchiveName | undefined {
   const m = ARCHIVE_RE.exec(path.basename(fileName));
-  if (!m) return undefined;
+  if (!m || !isValidContainerName(m[1]!)) return undefined;
   return { container: m[1]!, time: Number(m[2]), full: m[3] !== undefined };
 }
 
-const SET_RE = /^(\d{1,12})(_Full)?$/;
+const SET_RE = /^(0|[1-9]\d{0,11})(_Full)?$/;
 
 export function parseSetDirName(name: string): { time: number; full: boolean } | undefined {
   const m = SET_RE.exec(name);

@@ -91,16 +91,22 @@ export function configVolumes(cfg: LxcConfig, containerDir: string): ConfigVolum
   const volumes: VolumeRef[] = [];
   const skipped: ConfigVolumes['skipped'] = [];
   const container = path.basename(containerDir);
-  const local = (src: string): string | undefined => {
-    const abs = path.resolve(containerDir, src);
-    if (path.dirname(abs) === containerDir) return abs;
-    if (path.basename(path.dirname(abs)) === container) return path.join(containerDir, path.basename(abs));
-    return undefined;
-  };
   const rootValue = configValue(cfg, 'lxc.rootfs.path', 'lxc.rootfs');
   if (rootValue === undefined || rootValue === '')
     throw new SbkError(`no lxc.rootfs or lxc.rootfs.path in the config of ${containerDir}`, ExitCode.badInput);
   const rootSrc = rootfsPath(rootValue);
+  // The directory the config was written for: the rootfs's, when that is `…/<name>/`. Only
+  // sources there (or here) are the container's: a host path that merely has a directory of the
+  // container's name in it (`/srv/<name>/x`) is not.
+  const here = path.resolve(containerDir);
+  const rootDir = path.dirname(path.resolve(here, rootSrc));
+  const written = path.basename(rootDir) === container ? rootDir : here;
+  const local = (src: string): string | undefined => {
+    const abs = path.resolve(here, src);
+    const dir = path.dirname(abs);
+    if (dir === here || dir === written) return path.join(here, path.basename(abs));
+    return undefined;
+  };
   const rootLocal = local(rootSrc);
   if (!rootLocal)
     throw new SbkError(
@@ -161,4 +167,105 @@ export async function readContainerConfig(containerDir: string): Promise<LxcConf
     throw err;
   }
   return parseLxcConfig(text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restoring a config under a new name or into another LXC dir (sbk-unpack).
+
+export interface RestoreRewrite {
+  /** Container directories the config's paths may start with (where the backup was made). */
+  fromDirs: string[];
+  /** Where the container is restored: `<lxc-dir>/<name>`. */
+  toDir: string;
+  /** A new name: sets lxc.utsname / lxc.uts.name and gives every network a fresh MAC. */
+  newName?: string;
+  /** Source of random bytes for MACs (tests pass a fixed one). */
+  random?: (n: number) => Buffer;
+}
+
+export interface RestoreRewriteResult {
+  config: LxcConfig;
+  /** One line per change, for -v. */
+  changes: string[];
+}
+
+const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** A fresh locally administered unicast MAC: bit 0x02 of the first octet set, bit 0x01 clear. */
+export function randomLocalMac(random: (n: number) => Buffer): string {
+  const b = Buffer.from(random(6));
+  b[0] = (b[0]! & 0xfc) | 0x02;
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
+/** The host-side veth name for a MAC: `veth` + its last three octets (10 characters, < IFNAMSIZ). */
+export function vethPairName(mac: string): string {
+  return 'veth' + mac.split(':').slice(3).join('').toLowerCase();
+}
+
+const NET_KEY = /^lxc\.(network|net)(?:\.(\d+))?\.(type|hwaddr|veth\.pair)$/;
+
+/**
+ * Rewrites a restored container's config: every path under a source container directory is
+ * moved to `toDir` (rootfs, mount entries, fstab, log files, hooks …); for a new name also the
+ * host name, a fresh MAC per network and the veth pair name derived from that new MAC (the
+ * original tool derived it from the old one, so the copy's interface clashed with the source's).
+ * Lines not concerned are kept byte for byte.
+ */
+export function rewriteConfigForRestore(cfg: LxcConfig, opts: RestoreRewrite): RestoreRewriteResult {
+  const changes: string[] = [];
+  // Longest first, so `/a/c1-old` is not rewritten as `/a/c1` + `-old`. A root or relative
+  // "directory" would rewrite unrelated paths: never used.
+  const from = [...new Set(opts.fromDirs.map((d) => path.posix.normalize(d).replace(/\/+$/, '')))]
+    .filter((d) => d.startsWith('/') && d.length > 1 && d !== opts.toDir)
+    .sort((a, b) => b.length - a.length);
+  // A path starts a value, follows white space or a backend prefix (`btrfs:`), and ends at a
+  // `/`, white space or the end. fstab fields escape spaces as \040.
+  const patterns = from.flatMap((d) => {
+    const forms = [d, d.replace(/ /g, '\\040')];
+    return [...new Set(forms)].map((f) => ({
+      re: new RegExp(`(^|[\\s:=,])${escapeRe(f)}(?=$|[\\s/,])`, 'g'),
+      to: f === d ? opts.toDir : opts.toDir.replace(/ /g, '\\040'),
+    }));
+  });
+
+  // Networks: LXC 2 starts a new one at each lxc.network.type, LXC 3 numbers them (lxc.net.N.*).
+  // Web Crypto is global in Node 20: no import needed.
+  const random = opts.random ?? ((n: number) => Buffer.from(globalThis.crypto.getRandomValues(new Uint8Array(n))));
+  const macs = new Map<string, string>();
+  let unnumbered = -1;
+  const netOf = (key: string): string | undefined => {
+    const m = NET_KEY.exec(key);
+    if (!m) return undefined;
+    if (m[2] !== undefined) return `${m[1]}.${m[2]}`;
+    if (m[3] === 'type') unnumbered++;
+    return `${m[1]}#${Math.max(unnumbered, 0)}`;
+  };
+  const macFor = (net: string) => {
+    let mac = macs.get(net);
+    if (!mac) {
+      mac = randomLocalMac(random);
+      macs.set(net, mac);
+    }
+    return mac;
+  };
+
+  const lines = cfg.lines.map((line): ConfigLine => {
+    if (line.key === undefined || line.value === undefined) return line;
+    const key = line.key;
+    let value = line.value;
+    for (const p of patterns) value = value.replace(p.re, (_m, pre: string) => pre + p.to);
+    if (opts.newName !== undefined) {
+      if (key === 'lxc.utsname' || key === 'lxc.uts.name') value = opts.newName;
+      const net = netOf(key);
+      if (net !== undefined && key.endsWith('.hwaddr')) value = macFor(net);
+      if (net !== undefined && key.endsWith('.veth.pair')) value = vethPairName(macFor(net));
+    }
+    if (value === line.value) return line;
+    changes.push(`${key}: ${line.value} -> ${value}`);
+    const eq = line.raw.indexOf('=');
+    const after = /^\s*/.exec(line.raw.slice(eq + 1))![0];
+    return { raw: line.raw.slice(0, eq + 1) + after + value, key, value };
+  });
+  return { config: { lines }, changes };
 }

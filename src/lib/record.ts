@@ -3,7 +3,7 @@
 import type { Readable } from 'node:stream';
 import split2 from 'split2';
 import { SbkError, ExitCode } from './errors.js';
-import { peek, sniff, describeKind } from './input.js';
+import { peekStream, sniff, describeKind } from './input.js';
 import { isValidContainerName, isValidVolumeName } from './layout.js';
 
 export const RECORD_FORMAT = 1;
@@ -104,11 +104,13 @@ export function checkRecord(v: unknown, line: number): BackupRecord {
  * Reads NDJSON records from a stream. Refuses other kinds of input (tar, gzip, …) up front,
  * and names the line of any malformed or incomplete record.
  */
-export async function* readRecords(input: Readable): AsyncGenerator<BackupRecord> {
-  const head = await peek(input, 512);
+export async function* readRecords(source: Readable): AsyncGenerator<BackupRecord> {
+  const { head, stream: input } = await peekStream(source, 512);
   const kind = sniff(head);
   if (kind === 'empty') return;
-  if (kind !== 'ndjson')
+  // Blank lines are ignored, so input of blank lines only is no records (not "text").
+  const blank = kind === 'text' && /^[ \t\r\n]*$/.test(head.toString('latin1'));
+  if (kind !== 'ndjson' && !blank)
     throw new SbkError(
       `expected NDJSON backup records (sbk-snap output) on stdin, got ${describeKind[kind]}`,
       ExitCode.badInput,
@@ -116,16 +118,26 @@ export async function* readRecords(input: Readable): AsyncGenerator<BackupRecord
   let line = 0;
   // A line cut short is malformed JSON (an object cannot be cut and stay valid), so a missing
   // final newline needs no check of its own.
-  const lines = input.pipe(split2({ maxLength: 16 * 1024 * 1024 }));
-  for await (const text of lines as AsyncIterable<string>) {
-    line++;
-    if (text.trim() === '') continue;
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (err) {
-      fail(line, `malformed JSON (${(err as Error).message})`);
+  const maxLength = 16 * 1024 * 1024;
+  const lines = input.pipe(split2({ maxLength }));
+  // pipe() does not pass errors on: without this a failing input would leave the loop waiting.
+  input.on('error', (err) => lines.destroy(err));
+  try {
+    for await (const text of lines as AsyncIterable<string>) {
+      line++;
+      if (text.trim() === '') continue;
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch (err) {
+        fail(line, `malformed JSON (${(err as Error).message})`);
+      }
+      yield checkRecord(parsed, line);
     }
-    yield checkRecord(parsed, line);
+  } catch (err) {
+    // split2's limit: a "line" this long is not a record.
+    if (!(err instanceof SbkError) && (err as Error | undefined)?.message === 'maximum buffer reached')
+      fail(line + 1, `longer than ${maxLength} bytes (not NDJSON records?)`);
+    throw err;
   }
 }

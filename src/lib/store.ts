@@ -11,7 +11,7 @@ import tar from 'tar-stream';
 import { readArchives, type Manifest } from './archive.js';
 import { createAtomicFile, type AtomicFile } from './atomic.js';
 import { SbkError, ExitCode } from './errors.js';
-import { peek, sniff, describeKind } from './input.js';
+import { peekStream, sniff, describeKind } from './input.js';
 import { archiveFileName, changelogFileName, setDirName, type Dirs } from './layout.js';
 import { confirmSet } from './snapshots.js';
 import type { Log } from './log.js';
@@ -55,9 +55,10 @@ function digestStream(): Transform & { size: number; sha256: () => string } {
   return t;
 }
 
-async function checkInput(input: Readable): Promise<void> {
-  const kind = sniff(await peek(input, 512));
-  if (kind === 'tar') return;
+async function checkInput(source: Readable): Promise<Readable> {
+  const { head, stream } = await peekStream(source, 512);
+  const kind = sniff(head);
+  if (kind === 'tar') return stream;
   if (kind === 'empty') throw new SbkError('no input: expected the tar stream of sbk-send on stdin', ExitCode.badInput);
   const hint =
     kind === 'ndjson'
@@ -79,8 +80,8 @@ interface Open {
   changelogPiping?: Promise<void>;
 }
 
-export async function packArchives(input: Readable, opts: PackOptions): Promise<StoredArchive[]> {
-  await checkInput(input);
+export async function packArchives(source: Readable, opts: PackOptions): Promise<StoredArchive[]> {
+  const input = await checkInput(source);
   const { target, log } = opts;
   const stored: StoredArchive[] = [];
   let current: Open | undefined;
@@ -116,6 +117,7 @@ export async function packArchives(input: Readable, opts: PackOptions): Promise<
       sink = file.stream;
     }
     const piping = pipeline(pack, gz, digest, sink, { end: target.kind !== 'stdout', signal: opts.signal });
+    piping.catch(() => {}); // handled where awaited; reading the input may fail first
     return { manifest, pack, piping, digest, file, finalPath };
   };
 

@@ -7,6 +7,7 @@ import { sweepSandboxes } from './sandbox.js';
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
 export function setup(): void {
+  process.env.SBK_TEST_RUN = String(process.pid);
   execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });
 }
 

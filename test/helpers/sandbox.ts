@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const SANDBOX_PREFIX = 'sbk-test-';
+/** The test run a sandbox belongs to (set by global setup), so that one run's sweep never unmounts another's. */
+const runId = () => process.env.SBK_TEST_RUN ?? String(process.pid);
 
 export interface Sandbox {
   dir: string;
@@ -48,7 +50,7 @@ async function run(cmd: string, args: string[], opts: Options = {}) {
 }
 
 export async function makeSandbox(opts: { sizeMiB?: number; name?: string } = {}): Promise<Sandbox> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), SANDBOX_PREFIX));
+  const dir = await mkdtemp(path.join(os.tmpdir(), `${SANDBOX_PREFIX}${runId()}-`));
   const image = path.join(dir, 'btrfs.img');
   const mnt = path.join(dir, 'mnt');
   await mkdir(mnt);
@@ -93,11 +95,27 @@ export async function unmount(mnt: string): Promise<void> {
   await execa('umount', ['-l', mnt], { reject: false, stdin: 'ignore' });
 }
 
-/** Unmounts every sandbox still mounted (a safety net for crashed tests). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Unmounts the sandboxes this run left mounted, and those of runs that died (a safety net for
+ * crashed tests; each test also tears down its own). Sandboxes of other live runs are left alone.
+ */
 export async function sweepSandboxes(): Promise<void> {
   const mounts = readFileSync('/proc/mounts', 'utf8').split('\n');
   const prefix = path.join(os.tmpdir(), SANDBOX_PREFIX);
-  const left = mounts.map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(prefix));
+  const ours = (m: string) => {
+    const owner = /^(\d+)-/.exec(m.slice(prefix.length))?.[1];
+    return owner === runId() || (owner !== undefined && !alive(Number(owner)));
+  };
+  const left = mounts.map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(prefix) && ours(m));
   // Deepest first, so nested mounts come off before their parents.
   for (const m of left.sort((a, b) => b.length - a.length)) {
     await unmount(m);
@@ -206,7 +224,7 @@ export const BIN = (name: string) => path.join(ROOT, 'bin', name);
 
 /** Runs a shell pipeline with the sbk binaries on PATH and the sandbox's env. */
 export async function sh(script: string, sb: Sandbox | undefined, opts: { input?: string | Buffer; env?: Record<string, string> } = {}) {
-  return execa('bash', ['-o', 'pipefail', '-c', script], {
+  const r = await execa('bash', ['-o', 'pipefail', '-c', script], {
     reject: false,
     input: opts.input,
     stdin: opts.input === undefined ? 'ignore' : undefined,
@@ -218,6 +236,8 @@ export async function sh(script: string, sb: Sandbox | undefined, opts: { input?
       ...(opts.env ?? {}),
     },
   } as Options);
+  if (process.env.SBK_TEST_DEBUG) process.stderr.write(`$ ${script}\n${String(r.stderr)}\n[exit ${r.exitCode}]\n`);
+  return r;
 }
 
 /** `rsync -naHAXc --delete` dry run: the list of differences (empty when the trees are identical). */

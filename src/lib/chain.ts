@@ -1,0 +1,390 @@
+// Planning a restore: which archives, in which order, bring back one backup of a container.
+// Archives are linked by what their manifests record (the parent's name and the UUID of every
+// volume's parent snapshot), never by file-name substrings, so another container's archives
+// (`web` vs `web_2`), an unrelated Full or a missing link are never mixed into a chain.
+// Archives of the original Subutai tool have no manifest: they are chained by name order.
+import { createReadStream } from 'node:fs';
+import { readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { pipeline, type Readable } from 'node:stream';
+import zlib from 'node:zlib';
+import { readArchives, type Manifest } from './archive.js';
+import { SbkError, ExitCode, type ExitCodeValue } from './errors.js';
+import { peekStream, sniff, describeKind } from './input.js';
+import { backupName, formatTime, parseArchiveName } from './layout.js';
+
+// ---------------------------------------------------------------------------------------------
+// Opening archive files
+
+/**
+ * Opens an archive file as an uncompressed tar stream: gzip (what sbk-pack stores) is
+ * decompressed, a plain tar is passed through, anything else is refused by its first bytes.
+ * Destroying the returned stream closes the file.
+ */
+export async function openArchiveFile(file: string): Promise<Readable> {
+  const input = createReadStream(file, { highWaterMark: 1024 * 1024 });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      input.once('open', () => resolve());
+      input.once('error', reject);
+    });
+  } catch (err) {
+    input.destroy();
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new SbkError(`${file}: no such archive`, ExitCode.notFound);
+    if (code === 'EISDIR') throw new SbkError(`${file} is a directory, not an archive`, ExitCode.badInput);
+    throw new SbkError(`${file}: cannot open (${(err as Error).message})`, ExitCode.failure, { cause: err });
+  }
+  return openArchiveStream(input, file);
+}
+
+/** The same for a stream (stdin): gzip or plain tar, told apart by the first bytes. */
+export async function openArchiveStream(input: Readable, source: string): Promise<Readable> {
+  let head: Buffer;
+  let stream: Readable;
+  try {
+    ({ head, stream } = await peekStream(input, 512));
+  } catch (err) {
+    input.destroy();
+    throw new SbkError(`${source}: cannot read (${(err as Error).message})`, ExitCode.failure, { cause: err });
+  }
+  const kind = sniff(head);
+  if (kind === 'tar') return stream;
+  if (kind !== 'gzip') {
+    stream.destroy();
+    throw new SbkError(
+      kind === 'empty' ? `${source} is empty` : `${source} is not an sbk archive (it holds ${describeKind[kind]})`,
+      ExitCode.badInput,
+    );
+  }
+  // Node's gunzip reads concatenated gzip members (`cat a.tar.gz b.tar.gz`) as one stream.
+  const gunzip = zlib.createGunzip({ chunkSize: 256 * 1024 });
+  // Errors of either end reach the gunzip stream, which readArchives listens to; destroying
+  // the gunzip stream closes the input.
+  pipeline(stream, gunzip, () => {});
+  return gunzip;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store
+
+export interface ArchiveFile {
+  path: string;
+  /** Base name, `<c>_<time>[_Full].tar.gz`. */
+  file: string;
+  size: number;
+  /** From the manifest when there is one, else from the file name. */
+  container: string;
+  time: number;
+  full: boolean;
+  /** Backup name, `<c>_<time>[_Full]`. */
+  name: string;
+  manifest?: Manifest;
+  /** An archive of the original Subutai tool: no manifest, no checksums. */
+  legacy: boolean;
+  /** Why the archive cannot be used (unreadable, another container's): excluded from chains. */
+  problem?: string;
+  problemCode?: ExitCodeValue;
+}
+
+/**
+ * Reads an archive's first tar entry only: the manifest of an sbk archive, or the first file
+ * of an original Subutai archive. Decompresses a few KiB, never the deltas.
+ */
+export async function readArchiveHead(file: string): Promise<{ manifest?: Manifest; legacy: boolean }> {
+  const tarStream = await openArchiveFile(file);
+  try {
+    for await (const entry of readArchives(tarStream, { legacy: true, source: file })) {
+      if (entry.role === 'manifest') return { manifest: entry.manifest, legacy: false };
+      return { legacy: true };
+    }
+    throw new SbkError(`${file}: empty archive`, ExitCode.corrupt);
+  } finally {
+    tarStream.destroy();
+  }
+}
+
+async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+const byTime = (a: ArchiveFile, b: ArchiveFile) =>
+  a.time - b.time || Number(b.full) - Number(a.full) || (a.file < b.file ? -1 : a.file > b.file ? 1 : 0);
+
+/**
+ * Every archive of `container` in `dir`, oldest first, each with its manifest or the reason it
+ * cannot be used. `warn` hears about archives that are named for the container but are not its.
+ */
+export async function scanStore(
+  dir: string,
+  container: string,
+  opts: { warn?: (msg: string) => void } = {},
+): Promise<ArchiveFile[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new SbkError(`backup directory ${dir} does not exist`, ExitCode.notFound);
+    if (code === 'ENOTDIR') throw new SbkError(`${dir} is not a directory`, ExitCode.badInput);
+    throw err;
+  }
+  const candidates = names.filter((n) => parseArchiveName(n)?.container === container).sort();
+  const found = await mapLimit(candidates, 4, async (file): Promise<ArchiveFile | undefined> => {
+    const p = path.join(dir, file);
+    const st = await stat(p).catch(() => undefined);
+    if (!st?.isFile()) return undefined;
+    const parsed = parseArchiveName(file)!;
+    const a: ArchiveFile = {
+      path: p,
+      file,
+      size: st.size,
+      container: parsed.container,
+      time: parsed.time,
+      full: parsed.full,
+      name: backupName(parsed.container, parsed.time, parsed.full),
+      legacy: false,
+    };
+    try {
+      const head = await readArchiveHead(p);
+      a.legacy = head.legacy;
+      if (head.manifest) {
+        const m = head.manifest;
+        a.manifest = m;
+        if (m.container !== container) {
+          a.problem = `holds a backup of container ${m.container} (${m.name}), not of ${container}`;
+          a.problemCode = ExitCode.corrupt;
+          opts.warn?.(`${file}: ${a.problem}; ignored`);
+        } else {
+          if (m.name !== a.name) opts.warn?.(`${file}: the manifest names it ${m.name}; using the manifest`);
+          a.time = m.time;
+          a.full = m.full;
+          a.name = m.name;
+        }
+      }
+    } catch (err) {
+      a.problem = `unreadable: ${err instanceof SbkError ? err.message.replace(`${p}: `, '') : (err as Error).message}`;
+      a.problemCode = err instanceof SbkError ? err.exitCode : ExitCode.failure;
+    }
+    return a;
+  });
+  const list = found.filter((a): a is ArchiveFile => a !== undefined).sort(byTime);
+  // Two files with one manifest name (a copy under another file name): the chain would be
+  // ambiguous, so the later ones are set aside.
+  const seen = new Map<string, ArchiveFile>();
+  for (const a of list) {
+    if (!a.manifest || a.problem) continue;
+    const first = seen.get(a.name);
+    if (first) {
+      a.problem = `holds the same backup as ${first.file}`;
+      a.problemCode = ExitCode.conflict;
+      opts.warn?.(`${a.file}: ${a.problem}; ignored`);
+    } else seen.set(a.name, a);
+  }
+  return list;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Links
+
+/**
+ * Why `child` cannot be restored on top of `parent`, or undefined when it can: the parent's
+ * name must be the one the child records, and every volume sent incrementally must have been
+ * sent against the parent's snapshot of that volume (same UUID). A volume with no parent UUID
+ * was sent whole and needs nothing.
+ */
+export function linkProblem(child: Manifest, parent: Manifest): string | undefined {
+  if (child.full) return `${child.name} is a Full backup, not an incremental`;
+  if (child.container !== parent.container)
+    return `${child.name} is a backup of ${child.container}, ${parent.name} of ${parent.container}`;
+  if (!child.parent || child.parent.name !== parent.name)
+    return `the parent of ${child.name} is ${child.parent?.name ?? 'none'}, not ${parent.name}`;
+  if (parent.time >= child.time) return `${parent.name} is not older than ${child.name}`;
+  for (const v of child.volumes) {
+    if (v.parentUuid === null) continue;
+    const pv = parent.volumes.find((x) => x.name === v.name);
+    if (!pv) return `volume ${v.name} of ${child.name} was sent against a parent, but ${parent.name} has no volume ${v.name}`;
+    if (pv.uuid !== v.parentUuid)
+      return `volume ${v.name} of ${child.name} was sent against snapshot ${v.parentUuid}, but the ${v.name} of ${parent.name} is ${pv.uuid} (another backup with the same name?)`;
+  }
+  return undefined;
+}
+
+export interface Chain {
+  /** The archives to restore, the Full first, the target last. */
+  archives: ArchiveFile[];
+  /** Why the chain cannot be restored (empty `archives` then). */
+  problem?: string;
+  problemCode?: ExitCodeValue;
+}
+
+/** The chain that ends at `target`, within `all` (the container's archives, oldest first). */
+export function chainTo(target: ArchiveFile, all: ArchiveFile[]): Chain {
+  const broken = (problem: string, problemCode: ExitCodeValue): Chain => ({ archives: [], problem, problemCode });
+  if (target.problem) return broken(`${target.file}: ${target.problem}`, target.problemCode ?? ExitCode.corrupt);
+  if (target.legacy) return legacyChainTo(target, all);
+
+  const byName = new Map<string, ArchiveFile>();
+  for (const a of all) if (a.manifest && !a.problem) byName.set(a.name, a);
+  const chain: ArchiveFile[] = [target];
+  let cur = target;
+  while (!cur.manifest!.full) {
+    const parentName = cur.manifest!.parent!.name;
+    const parent = byName.get(parentName);
+    if (!parent) {
+      // Tell a parent that is there but unreadable from one that is missing.
+      const unusable = all.find((a) => a.name === parentName && a.problem);
+      if (unusable)
+        return broken(
+          `${cur.name} needs its parent ${parentName}, but ${unusable.file} ${unusable.problem}`,
+          unusable.problemCode ?? ExitCode.corrupt,
+        );
+      return broken(
+        `gap in the chain: ${cur.name} needs its parent ${parentName}, which is not in the store`,
+        ExitCode.notFound,
+      );
+    }
+    const problem = linkProblem(cur.manifest!, parent.manifest!);
+    if (problem) return broken(`broken chain: ${problem}`, ExitCode.corrupt);
+    if (chain.includes(parent)) return broken(`broken chain: a loop at ${parent.name}`, ExitCode.corrupt);
+    chain.unshift(parent);
+    cur = parent;
+  }
+  return { archives: chain };
+}
+
+/** Original Subutai archives carry no parent: the chain is the newest Full before and every archive after it. */
+function legacyChainTo(target: ArchiveFile, all: ArchiveFile[]): Chain {
+  const upTo = all.slice(0, all.indexOf(target) + 1);
+  let start = -1;
+  for (let i = upTo.length - 1; i >= 0; i--) {
+    const a = upTo[i]!;
+    // A readable sbk archive is never part of an old-tool chain; anything else in between
+    // (legacy or unreadable) would be.
+    if (a.legacy && a.full && !a.problem) {
+      start = i;
+      break;
+    }
+  }
+  if (start < 0)
+    return { archives: [], problem: `no Full backup of ${target.container} at or before ${target.name}`, problemCode: ExitCode.notFound };
+  // Unreadable files in the range may be links of this chain: they break it. Foreign or
+  // duplicate sbk archives (readable, with a manifest) are not links of an old-tool chain.
+  const chain = upTo.slice(start).filter((a) => a.legacy || (a.problem && !a.manifest));
+  const bad = chain.find((a) => a.problem);
+  if (bad) return { archives: [], problem: `${bad.file} ${bad.problem}`, problemCode: bad.problemCode ?? ExitCode.corrupt };
+  return { archives: chain };
+}
+
+export interface Plan {
+  target: ArchiveFile;
+  chain: ArchiveFile[];
+}
+
+/**
+ * The archives to restore the newest backup of `container` at or before `at` (unix seconds;
+ * default: the newest), oldest first. Throws a one-line error when there is none or its chain
+ * is broken: a gap, an unreadable archive, a foreign link.
+ */
+export function planRestore(all: ArchiveFile[], container: string, dir: string, at?: number): Plan {
+  // Foreign and duplicate archives (readable, set aside by scanStore) are not candidates; an
+  // unreadable one is: when it is the newest, restoring an older point instead would be a surprise.
+  const usable = all.filter((a) => a.container === container && !(a.manifest && a.problem));
+  if (usable.length === 0) throw new SbkError(`no backup of ${container} in ${dir}`, ExitCode.notFound);
+  const before = at === undefined ? usable : usable.filter((a) => a.time <= at);
+  if (before.length === 0)
+    throw new SbkError(
+      `no backup of ${container} at or before ${formatTime(at!)} (the oldest is ${usable[0]!.name}, ${formatTime(usable[0]!.time)})`,
+      ExitCode.notFound,
+    );
+  const target = before[before.length - 1]!;
+  const chain = chainTo(target, all);
+  if (chain.problem) throw new SbkError(chain.problem, chain.problemCode ?? ExitCode.corrupt);
+  return { target, chain: chain.archives };
+}
+
+// ---------------------------------------------------------------------------------------------
+// --at
+
+const ISO_RE = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}(?::?\d{2})?)?)?$/i;
+
+/**
+ * `--at`: unix seconds, or an ISO 8601 date or date-time. Without a zone it is local time
+ * (as date(1) reads it); a date alone is local midnight. Fractions of a second are dropped.
+ */
+export function parseAtTime(s: string): number {
+  const t = s.trim();
+  if (/^\d{1,12}$/.test(t)) return Number(t);
+  const m = ISO_RE.exec(t);
+  const bad = () => new SbkError(`--at '${s}' is neither unix seconds nor an ISO 8601 date-time (e.g. 2024-05-01T12:00:00Z)`, ExitCode.usage);
+  if (!m) throw bad();
+  const [, y, mo, d, h = '00', mi = '00', sec = '00', , zone] = m;
+  const nums = [Number(y), Number(mo), Number(d), Number(h), Number(mi), Number(sec)] as const;
+  if (nums[1] < 1 || nums[1] > 12 || nums[2] < 1 || nums[2] > 31 || nums[3] > 23 || nums[4] > 59 || nums[5] > 59) throw bad();
+  let ms: number;
+  if (zone === undefined) {
+    ms = new Date(nums[0], nums[1] - 1, nums[2], nums[3], nums[4], nums[5]).getTime();
+  } else {
+    ms = Date.UTC(nums[0], nums[1] - 1, nums[2], nums[3], nums[4], nums[5]);
+    if (zone.toUpperCase() !== 'Z') {
+      const zm = /^([+-])(\d{2}):?(\d{2})?$/.exec(zone)!;
+      const off = (Number(zm[2]) * 60 + Number(zm[3] ?? 0)) * 60_000;
+      ms -= zm[1] === '+' ? off : -off;
+    }
+  }
+  // Date rolls 2024-02-31 over into March; refuse instead.
+  const check = zone === undefined ? new Date(ms) : new Date(Date.UTC(nums[0], nums[1] - 1, nums[2]));
+  if ((zone === undefined ? check.getDate() : check.getUTCDate()) !== nums[2]) throw bad();
+  if (!Number.isFinite(ms)) throw bad();
+  return Math.floor(ms / 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// --list
+
+export interface ListRow {
+  name: string;
+  container: string;
+  time: number;
+  date: string;
+  kind: 'full' | 'incremental';
+  legacy: boolean;
+  size: number;
+  path: string;
+  parent: string | null;
+  /** complete: restorable; broken: not (see problem); unreadable: the archive itself. */
+  chain: 'complete' | 'broken' | 'unreadable';
+  /** How many archives a restore of this point reads. */
+  length?: number;
+  problem?: string;
+}
+
+export function listRows(all: ArchiveFile[]): ListRow[] {
+  return all.map((a) => {
+    const c = chainTo(a, all);
+    const row: ListRow = {
+      name: a.name,
+      container: a.container,
+      time: a.time,
+      date: formatTime(a.time),
+      kind: a.full ? 'full' : 'incremental',
+      legacy: a.legacy,
+      size: a.size,
+      path: a.path,
+      parent: a.manifest?.parent?.name ?? null,
+      chain: a.problem ? 'unreadable' : c.problem ? 'broken' : 'complete',
+    };
+    if (c.problem) row.problem = a.problem ?? c.problem;
+    else row.length = c.archives.length;
+    return row;
+  });
+}
