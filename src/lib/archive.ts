@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { SbkError, ExitCode } from './errors.js';
-import { isValidContainerName, isValidVolumeName } from './layout.js';
+import { backupName, isValidContainerName, isValidVolumeName } from './layout.js';
 import type { BackupRecord, SetRef } from './record.js';
 
 export const ARCHIVE_FORMAT = 1;
@@ -125,6 +125,8 @@ export class ArchiveWriter {
     const full = { type: 'file' as const, mode: 0o644, mtime: this.mtime, ...header, size };
     await new Promise<void>((resolve, reject) => {
       const sink = this.pack.entry(full, (err) => (err ? reject(err) : resolve()));
+      // A failing entry reports through the callback; its 'error' event must not go unheard.
+      sink.on('error', () => {});
       // Writes wait for the pack's reader (tar-stream backpressure), so memory stays at one part.
       for (const c of chunks) sink.write(c);
       (sink as unknown as { end(): void }).end();
@@ -158,13 +160,16 @@ export class ArchiveWriter {
       const sink = this.pack.entry({ name: CHANGELOG_ENTRY, type: 'file', mode: 0o644, mtime: this.mtime, size }, (err) =>
         err ? reject(err) : resolve(),
       );
+      // A failing entry reports through the callback; its 'error' event must not go unheard.
+      sink.on('error', () => {});
       (async () => {
         for await (const c of body) {
           hash.update(c);
           n += c.length;
-          if (n > size) throw new Error(`${CHANGELOG_ENTRY} grew while being archived`);
+          if (n > size) throw new SbkError(`${CHANGELOG_ENTRY} grew while being archived`, ExitCode.failure);
           if (!sink.write(c)) await new Promise<void>((r) => sink.once('drain', () => r()));
         }
+        if (n < size) throw new SbkError(`${CHANGELOG_ENTRY} shrank while being archived`, ExitCode.failure);
         (sink as unknown as { end(): void }).end();
       })().catch((err: Error) => {
         sink.destroy(err);
@@ -267,13 +272,16 @@ export interface ReadOptions {
 
 const corrupt = (source: string, msg: string) => new SbkError(`${source}: ${msg}`, ExitCode.corrupt);
 
+/** Messages stay on one line: control characters (newlines of quoted input) become spaces. */
+const oneLine = (m: string) => m.replace(/[\x00-\x1f\x7f]+/g, ' ');
+
 function parseJson(buf: Buffer, what: string, source: string): Record<string, unknown> {
   try {
     const v = JSON.parse(buf.toString('utf8')) as unknown;
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
     return v as Record<string, unknown>;
   } catch (err) {
-    throw corrupt(source, `${what} is not valid JSON (${(err as Error).message})`);
+    throw corrupt(source, `${what} is not valid JSON (${oneLine((err as Error).message)})`);
   }
 }
 
@@ -282,9 +290,12 @@ export function checkManifest(v: Record<string, unknown>, source: string): Manif
   if (v.sbk !== 'manifest') throw bad('not an sbk manifest');
   if (v.format !== ARCHIVE_FORMAT) throw new SbkError(`${source}: archive format ${String(v.format)} is not supported (this sbk reads ${ARCHIVE_FORMAT})`, ExitCode.badInput);
   if (typeof v.container !== 'string' || !isValidContainerName(v.container)) throw bad('invalid container name');
-  if (!Number.isSafeInteger(v.time)) throw bad('invalid time');
+  if (!Number.isSafeInteger(v.time) || (v.time as number) < 0) throw bad('invalid time');
   if (typeof v.full !== 'boolean') throw bad('invalid full flag');
   if (typeof v.name !== 'string') throw bad('missing name');
+  // The archive's file name and the chain are made from container, time and kind: the name must agree.
+  if (v.name !== backupName(v.container, v.time as number, v.full))
+    throw bad(`name ${JSON.stringify(v.name)} is not ${backupName(v.container, v.time as number, v.full)}`);
   if (!v.full && (typeof v.parent !== 'object' || v.parent === null)) throw bad('an incremental without a parent');
   if (!Array.isArray(v.volumes) || v.volumes.length === 0) throw bad('no volumes');
   const seen = new Set<string>();
@@ -345,6 +356,12 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
   const extract = tar.extract();
   input.on('error', (err) => extract.destroy(err));
   input.pipe(extract);
+  // When the tar is broken, the entry being read fails with a bare "stream was destroyed": the
+  // extractor's own error says what happened.
+  let extractError: unknown;
+  extract.on('error', (err) => {
+    extractError ??= err;
+  });
 
   let archive = -1;
   let manifest: Manifest | undefined;
@@ -354,6 +371,21 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
   let volumeIndex = -1;
   let sawChangelog = false;
   let lastName = '';
+
+  /** Turns the errors of a broken tar or gzip stream into SbkErrors; others (I/O) pass unchanged. */
+  const asSbkError = (err0: unknown): unknown => {
+    if (err0 instanceof SbkError) return err0;
+    const err = /destroyed|premature/i.test((err0 as Error)?.message ?? '') && extractError ? extractError : err0;
+    if (err instanceof SbkError) return err;
+    const msg = oneLine((err as Error)?.message ?? String(err));
+    if (archive < 0 && /invalid (tar )?header|unknown format|unexpected end of data/i.test(msg))
+      return new SbkError(`${source}: not a tar stream (${msg})`, ExitCode.badInput);
+    if (/unexpected end of data|premature|invalid (tar )?header|unknown format|header exceeds|checksum|stream was destroyed/i.test(msg))
+      return corrupt(source, `the tar stream is broken after entry '${lastName}' (${msg})`);
+    if ((err as { code?: string } | undefined)?.code?.startsWith('Z_') || /incorrect header check|invalid (block|stored|distance)|unexpected end of file/i.test(msg))
+      return corrupt(source, `the gzip data is corrupt (${msg})`);
+    return err;
+  };
 
   try {
     for await (const entry of extract) {
@@ -402,7 +434,9 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
       } else if (name === 'meta/' || name === 'meta' || name.startsWith(META_PREFIX)) {
         const rel = name.replace(/^meta\/?/, '').replace(/\/$/, '');
         if (rel !== '' && !isSafeMetaPath(rel)) throw corrupt(source, `unsafe entry name '${name}'`);
+        if (rel === '' && header.type !== 'directory') throw corrupt(source, `entry '${name}' is a ${header.type}, not the meta/ directory`);
         if (volumeIndex >= 0 && !legacy) throw corrupt(source, `meta entry '${name}' after the deltas`);
+        if (sawChangelog) throw corrupt(source, `meta entry '${name}' after the changelog`);
         if (header.type === 'file' && (header.size ?? 0) > MAX_META_ENTRY) throw corrupt(source, `meta entry '${name}' is too large`);
         role = 'meta';
       } else if (name === CHANGELOG_ENTRY && !legacy) {
@@ -449,18 +483,32 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
       const hash = createHash('sha256');
       let size = 0;
       const body = (async function* () {
-        for await (const c of entry as AsyncIterable<Buffer>) {
-          hash.update(c);
-          vstate?.hash.update(c);
-          size += c.length;
-          yield c;
+        try {
+          for await (const c of entry as AsyncIterable<Buffer>) {
+            hash.update(c);
+            vstate?.hash.update(c);
+            size += c.length;
+            yield c;
+          }
+        } catch (err) {
+          // Read by the consumer, outside the catch below: its errors must be SbkErrors too.
+          throw asSbkError(err);
         }
       })();
       let started = false;
       const tracked: AsyncIterable<Buffer> = {
         [Symbol.asyncIterator]() {
           started = true;
-          return body[Symbol.asyncIterator]();
+          const it = body[Symbol.asyncIterator]();
+          // A consumer that stops early (break) must not close the entry: that would destroy the
+          // whole tar stream. The rest is drained and hashed below.
+          return {
+            next: () => it.next(),
+            return: async () => ({ done: true as const, value: undefined }),
+            [Symbol.asyncIterator]() {
+              return this;
+            },
+          };
         },
       };
       yield { archive, role, name, header, manifest, volume, part, body: tracked };
@@ -476,13 +524,7 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
       if (header.type === 'file') digests.push({ name, size, sha256: hash.digest('hex') });
     }
   } catch (err) {
-    if (err instanceof SbkError) throw err;
-    const msg = (err as Error)?.message ?? String(err);
-    if (/unexpected end|premature|invalid tar header|checksum/i.test(msg))
-      throw corrupt(source, `the tar stream is broken after entry '${lastName}' (${msg})`);
-    if ((err as { code?: string }).code?.startsWith('Z_') || /incorrect header check|invalid (block|stored|distance)|unexpected end of file/i.test(msg))
-      throw corrupt(source, `the gzip data is corrupt (${msg})`);
-    throw err;
+    throw asSbkError(err);
   }
   if (manifest && !legacy) {
     throw corrupt(source, `archive ${manifest.name} is incomplete: the stream ends after '${lastName}' without a trailer (truncated?)`);

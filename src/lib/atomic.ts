@@ -28,6 +28,16 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** write(2) may take fewer bytes than it was given (a disk filling up): write the rest too. */
+async function writeFully(fh: FileHandle, buf: Buffer): Promise<void> {
+  let off = 0;
+  while (off < buf.length) {
+    const { bytesWritten } = await fh.write(buf, off, buf.length - off);
+    if (!(bytesWritten > 0)) throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
+    off += bytesWritten;
+  }
+}
+
 export interface AtomicFile {
   readonly tempPath: string;
   readonly finalPath: string;
@@ -48,10 +58,14 @@ export async function createAtomicFile(finalPath: string, mode = 0o644): Promise
   const stream = new Writable({
     highWaterMark: 1024 * 1024,
     writev(chunks, cb) {
-      fh.writev(chunks.map((c) => c.chunk as Buffer)).then(() => cb(), cb);
+      const bufs = chunks.map((c) => c.chunk as Buffer);
+      const total = bufs.reduce((n, b) => n + b.length, 0);
+      fh.writev(bufs)
+        .then(({ bytesWritten }) => (bytesWritten < total ? writeFully(fh, Buffer.concat(bufs).subarray(bytesWritten)) : undefined))
+        .then(() => cb(), cb);
     },
     write(chunk: Buffer, _enc, cb) {
-      fh.write(chunk).then(() => cb(), cb);
+      writeFully(fh, chunk).then(() => cb(), cb);
     },
     final(cb) {
       cb();
@@ -100,7 +114,8 @@ export async function writeFileAtomic(finalPath: string, data: string | Buffer, 
   const f = await createAtomicFile(finalPath, opts.mode);
   try {
     await new Promise<void>((resolve, reject) => {
-      f.stream.end(data, () => resolve());
+      // end()'s callback also reports a failed write: never commit after one.
+      f.stream.end(data, (err?: Error | null) => (err ? reject(err) : resolve()));
       f.stream.once('error', reject);
     });
     await f.commit({ noClobber: opts.noClobber });

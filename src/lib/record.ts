@@ -119,7 +119,8 @@ export async function* readRecords(source: Readable): AsyncGenerator<BackupRecor
   // A line cut short is malformed JSON (an object cannot be cut and stay valid), so a missing
   // final newline needs no check of its own.
   const maxLength = 16 * 1024 * 1024;
-  const lines = input.pipe(split2({ maxLength }));
+  let split = 0; // lines split2 has cut (it may be ahead of the loop)
+  const lines = input.pipe(split2((l: string) => (split++, l), { maxLength }));
   // pipe() does not pass errors on: without this a failing input would leave the loop waiting.
   input.on('error', (err) => lines.destroy(err));
   try {
@@ -137,7 +138,7 @@ export async function* readRecords(source: Readable): AsyncGenerator<BackupRecor
   } catch (err) {
     // split2's limit: a "line" this long is not a record.
     if (!(err instanceof SbkError) && (err as Error | undefined)?.message === 'maximum buffer reached')
-      fail(line + 1, `longer than ${maxLength} bytes (not NDJSON records?)`);
+      fail(split + 1, `longer than ${maxLength} bytes (not NDJSON records?)`);
     throw err;
   }
 }

@@ -162,8 +162,8 @@ export async function packArchives(source: Readable, opts: PackOptions): Promise
         o.changelog = await createAtomicFile(path.join(target.dirs.backupDir, changelogFileName(m.container, m.time)));
         await writeEntry(o.pack, entry.header, entry.body, o.changelog.stream);
         await new Promise<void>((resolve, reject) => {
-          o.changelog!.stream.end(() => resolve());
-          o.changelog!.stream.once('error', reject);
+          // end()'s callback also reports a failed write (disk full): never commit after one.
+          o.changelog!.stream.end((err?: Error | null) => (err ? reject(err) : resolve()));
         });
         continue;
       }
