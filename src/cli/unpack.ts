@@ -75,22 +75,27 @@ export function main(argv: string[]): Promise<void> {
         const { checkContainerName } = await import('../lib/layout.js');
         if (args.as !== undefined) checkContainerName(args.as, '--as name');
         const positional = args._.map(String);
-        const { inputs, files } = positional.length
-          ? { inputs: await fileInputs(positional), files: true }
-          : await stdinInputs();
-
-        if (args.verify) {
-          await verifyInputs(inputs, { log: ctx.log, signal: ctx.signal });
-          return;
+        try {
+          const { inputs, files } = positional.length
+            ? { inputs: await fileInputs(positional), files: true }
+            : await stdinInputs();
+          if (args.verify) {
+            await verifyInputs(inputs, { log: ctx.log, signal: ctx.signal });
+            return;
+          }
+          if (files) await precheckFiles(inputs, args.as);
+          await restoreChain(inputs, {
+            lxcDir: ctx.dirs.lxcDir,
+            as: args.as,
+            force: args.force,
+            log: ctx.log,
+            signal: ctx.signal,
+          });
+        } finally {
+          // A failed or interrupted run may leave a read of stdin pending (a writer that keeps
+          // the pipe open): close it, or the process would wait for that writer to finish.
+          if (!positional.length) process.stdin.destroy();
         }
-        if (files) await precheckFiles(inputs, args.as);
-        await restoreChain(inputs, {
-          lxcDir: ctx.dirs.lxcDir,
-          as: args.as,
-          force: args.force,
-          log: ctx.log,
-          signal: ctx.signal,
-        });
       },
     },
     argv,

@@ -65,6 +65,21 @@ export async function openArchiveStream(input: Readable, source: string): Promis
   return gunzip;
 }
 
+/**
+ * A read error as a one-line user error. Errors met while an entry's body is consumed do not
+ * pass through readArchives' own mapping, so gzip and tar faults are named here too.
+ */
+export function readError(err: unknown, source: string): unknown {
+  if (err instanceof SbkError || !(err instanceof Error)) return err;
+  const code = (err as NodeJS.ErrnoException).code ?? '';
+  const msg = err.message;
+  if (code.startsWith('Z_') || /incorrect header check|invalid (block type|stored block|distance|code)|unexpected end of file/i.test(msg))
+    return new SbkError(`${source}: the gzip data is corrupt or cut short (${msg})`, ExitCode.corrupt, { cause: err });
+  if (/unexpected end|premature close|invalid tar header|checksum/i.test(msg))
+    return new SbkError(`${source}: the tar stream is corrupt or cut short (${msg})`, ExitCode.corrupt, { cause: err });
+  return err;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The store
 
@@ -99,6 +114,8 @@ export async function readArchiveHead(file: string): Promise<{ manifest?: Manife
       return { legacy: true };
     }
     throw new SbkError(`${file}: empty archive`, ExitCode.corrupt);
+  } catch (err) {
+    throw readError(err, file);
   } finally {
     tarStream.destroy();
   }

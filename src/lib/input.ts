@@ -1,6 +1,6 @@
 // Telling kinds of input apart by their first bytes, so that a stage given the wrong stream
 // says so instead of failing somewhere inside (see man/sbk.7, STREAMS).
-import { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 
 export type InputKind = 'empty' | 'gzip' | 'tar' | 'ndjson' | 'btrfs-stream' | 'text' | 'binary';
 
@@ -29,37 +29,48 @@ export const describeKind: Record<InputKind, string> = {
 /**
  * Reads the first `n` bytes of a stream (fewer if it is shorter) and returns them with a stream
  * that yields the whole input again, head included. (Pushing bytes back with unshift() fails on
- * short inputs whose 'end' has already been emitted, so the rest is re-wrapped instead.)
+ * short inputs whose 'end' was already emitted, so the rest is piped into a new stream.)
+ * Destroying the returned stream destroys the input, so a stage that stops early (an error, a
+ * signal) does not wait for its writer.
  */
-export async function peekStream(input: Readable, n: number): Promise<{ head: Buffer; stream: Readable }> {
-  const it = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-  const chunks: Buffer[] = [];
-  let have = 0;
-  let done = false;
-  while (have < n) {
-    const r = await it.next();
-    if (r.done) {
-      done = true;
-      break;
-    }
-    const c = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
-    chunks.push(c);
-    have += c.length;
-  }
-  const head = Buffer.concat(chunks);
-  async function* whole(): AsyncGenerator<Buffer> {
-    if (head.length) yield head;
-    if (done) return;
-    for (;;) {
-      const r = await it.next();
-      if (r.done) return;
-      yield r.value;
-    }
-  }
-  const stream = Readable.from(whole(), { objectMode: false, highWaterMark: 64 * 1024 });
-  // Closing the wrapper early (a consumer that stops) must release the input too.
-  stream.on('close', () => {
-    if (!input.destroyed && !input.readableEnded) input.destroy();
+export function peekStream(input: Readable, n: number): Promise<{ head: Buffer; stream: Readable }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let have = 0;
+    const cleanup = () => {
+      input.off('data', onData);
+      input.off('end', onEnd);
+      input.off('error', onError);
+    };
+    const finish = (ended: boolean) => {
+      cleanup();
+      input.pause();
+      const head = Buffer.concat(chunks);
+      const out = new PassThrough({ highWaterMark: 64 * 1024 });
+      if (head.length) out.write(head);
+      if (ended) out.end();
+      else {
+        input.on('error', (err) => out.destroy(err));
+        input.pipe(out);
+        out.on('close', () => {
+          if (!input.readableEnded) input.destroy();
+        });
+      }
+      resolve({ head: head.subarray(0, n), stream: out });
+    };
+    const onData = (c: Buffer | string) => {
+      const b = typeof c === 'string' ? Buffer.from(c) : c;
+      chunks.push(b);
+      have += b.length;
+      if (have >= n) finish(false);
+    };
+    const onEnd = () => finish(true);
+    const onError = (err: Error) => {
+      cleanup();
+      reject(err);
+    };
+    input.on('data', onData);
+    input.once('end', onEnd);
+    input.once('error', onError);
   });
-  return { head: head.subarray(0, n), stream };
 }

@@ -21,7 +21,7 @@ import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { readArchives, type ArchiveEntry, type Manifest } from './archive.js';
 import { deleteSubvolume, isOnBtrfs, isSubvolume, receive, snapshot } from './btrfs.js';
-import { linkProblem, readArchiveHead } from './chain.js';
+import { linkProblem, readArchiveHead, readError } from './chain.js';
 import { SbkError, ExitCode } from './errors.js';
 import { checkContainerName, formatTime, type ParsedArchiveName } from './layout.js';
 import { parseLxcConfig, rewriteConfigForRestore, rootfsPath, configValue, serializeLxcConfig } from './lxc.js';
@@ -65,14 +65,17 @@ export interface StreamCheck {
   end(): void;
 }
 
-/** A StreamCheck on src/lib/sendstream.ts's parser; its errors name `what` and the byte offset. */
-export function sendStreamCheck(what: string): StreamCheck {
+/**
+ * A StreamCheck on src/lib/sendstream.ts's parser. Its errors start with `what()` (the archive
+ * and the entry being read: a stream spans parts) and give the byte offset in the whole stream.
+ */
+export function sendStreamCheck(what: () => string): StreamCheck {
   const reader = new SendStreamReader(undefined, { decode: 'first' });
   const named = (f: () => unknown) => {
     try {
       f();
     } catch (err) {
-      if (err instanceof SbkError) throw new SbkError(`${what}: ${err.message}`, err.exitCode, { cause: err });
+      if (err instanceof SbkError) throw new SbkError(`${what()}: ${err.message}`, err.exitCode, { cause: err });
       throw err;
     }
   };
@@ -243,6 +246,8 @@ export async function precheckFiles(inputs: RestoreInput[], as: string | undefin
 
 interface Receiving {
   volume: string;
+  /** The tar entry (part) being received, for messages. */
+  entry: string;
   dir: string;
   stdin: Writable;
   done: Promise<void>;
@@ -297,6 +302,8 @@ export class Restore {
           }
           // An original Subutai archive has no trailer: it ends with its input.
           if (this.current?.id.legacy) await this.endArchive();
+        } catch (err) {
+          throw readError(err, input.source);
         } finally {
           this.signal.removeEventListener('abort', onAbort);
           tarStream.destroy();
@@ -429,9 +436,12 @@ export class Restore {
       // corrupt delta is reported as such (not as a receive failure) and never applied; this
       // also finds a stream cut at a command boundary, which receive would accept. (sha256
       // covers sbk archives as a whole, but only once the trailer is read.)
-      this.receiving = { volume, dir, stdin: r.stdin, done: r.done, check: sendStreamCheck(`${cur.id.name}: ${e.name}`) };
+      const rec: Receiving = { volume, entry: e.name, dir, stdin: r.stdin, done: r.done };
+      rec.check = sendStreamCheck(() => `${cur.id.name}: ${rec.entry}`);
+      this.receiving = rec;
     }
     const rec = this.receiving;
+    rec.entry = e.name;
     try {
       for await (const chunk of e.body) {
         rec.check?.update(chunk);
@@ -539,15 +549,20 @@ export class Restore {
     const cfg = parseLxcConfig(text);
     const fromDirs: string[] = [];
     if (id.manifest?.source.containerDir) fromDirs.push(id.manifest.source.containerDir);
+    let configDir: string | undefined;
     const root = configValue(cfg, 'lxc.rootfs.path', 'lxc.rootfs');
     if (root) {
       try {
-        fromDirs.push(path.dirname(rootfsPath(root)));
+        configDir = path.dirname(rootfsPath(root));
+        fromDirs.push(configDir);
       } catch {
         // another backend: no path to learn from it
       }
     }
-    const renamed = name !== this.first!.container;
+    // Whose config this is: the manifest says; an original Subutai archive has only its file
+    // name, which may have been renamed, so there the config's own container directory decides.
+    const owner = id.manifest ? id.manifest.container : configDir ? path.basename(configDir) : this.first!.container;
+    const renamed = name !== owner;
     const { config, changes } = rewriteConfigForRestore(cfg, { fromDirs, toDir: target, newName: renamed ? name : undefined });
     if (changes.length === 0) return;
     for (const c of changes) log.verbose(`config: ${c}`);
@@ -610,6 +625,7 @@ export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions):
       signal.addEventListener('abort', onAbort, { once: true });
       let check: StreamCheck | undefined;
       let volume: string | undefined;
+      let entryName = '';
       let bytes = 0;
       let volumes = 0;
       let legacy = false;
@@ -637,8 +653,9 @@ export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions):
               endVolume();
               volume = e.volume;
               volumes++;
-              check = sendStreamCheck(`${name}: ${e.name}`);
+              check = sendStreamCheck(() => `${name}: ${entryName}`);
             }
+            entryName = e.name;
             for await (const c of e.body) {
               check?.update(c);
               bytes += c.length;
@@ -657,8 +674,9 @@ export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions):
       } finally {
         signal.removeEventListener('abort', onAbort);
       }
-    } catch (err) {
+    } catch (err0) {
       if (signal.aborted) throw signal.reason;
+      const err = readError(err0, input.source);
       if (!(err instanceof SbkError)) throw err;
       if (inputs.length === 1) throw err;
       log.error(err.message);

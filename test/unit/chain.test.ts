@@ -1,0 +1,292 @@
+// Chain planning on synthetic archives (no BTRFS): linking by manifest, --at, gaps, foreign
+// containers, unrelated Fulls, unreadable archives, the original Subutai layout, and sbk-plan.
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { mkdtemp, rm, writeFile, truncate, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { scanStore, planRestore, parseAtTime, linkProblem, listRows, readArchiveHead, type ArchiveFile } from '../../src/lib/chain.js';
+import { SbkError, ExitCode } from '../../src/lib/errors.js';
+import type { Manifest } from '../../src/lib/archive.js';
+import { synthManifest, synthArchive, legacyArchive } from '../fixtures/archives/synthetic.js';
+import { BIN } from '../helpers/sandbox.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'sbk-chain-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const fileOf = (m: Manifest) => `${m.name}.tar.gz`;
+async function store(m: Manifest, opts: Parameters<typeof synthArchive>[1] = {}): Promise<Manifest> {
+  await writeFile(path.join(dir, fileOf(m)), await synthArchive(m, opts));
+  return m;
+}
+
+/** F ← I1 ← I2 ← I3 for `container`, stored; returns the manifests. */
+async function chain4(container = 'c1', t0 = 1_700_000_000): Promise<Manifest[]> {
+  const f = await store(synthManifest({ container, time: t0, full: true }));
+  const i1 = await store(synthManifest({ container, time: t0 + 100, full: false, parent: f }));
+  const i2 = await store(synthManifest({ container, time: t0 + 200, full: false, parent: i1 }));
+  const i3 = await store(synthManifest({ container, time: t0 + 300, full: false, parent: i2 }));
+  return [f, i1, i2, i3];
+}
+
+async function plan(container: string, at?: number) {
+  return planRestore(await scanStore(dir, container), container, dir, at);
+}
+const names = (p: { chain: ArchiveFile[] }) => p.chain.map((a) => a.name);
+
+async function planError(container: string, at?: number): Promise<SbkError> {
+  try {
+    await plan(container, at);
+  } catch (err) {
+    expect(err).toBeInstanceOf(SbkError);
+    return err as SbkError;
+  }
+  throw new Error('expected planRestore to fail');
+}
+
+describe('planRestore', () => {
+  it('plans the Full and every incremental up to the newest, oldest first', async () => {
+    const ms = await chain4();
+    const p = await plan('c1');
+    expect(names(p)).toEqual(ms.map((m) => m.name));
+    expect(p.chain.every((a) => path.isAbsolute(a.path))).toBe(true);
+  });
+
+  it('--at picks the newest backup at or before the time', async () => {
+    const [f, i1, i2] = await chain4();
+    expect(names(await plan('c1', i2!.time - 1))).toEqual([f!.name, i1!.name]);
+    expect(names(await plan('c1', i2!.time))).toEqual([f!.name, i1!.name, i2!.name]);
+    expect(names(await plan('c1', f!.time))).toEqual([f!.name]);
+    const e = await planError('c1', f!.time - 1);
+    expect(e.exitCode).toBe(ExitCode.notFound);
+    expect(e.message).toMatch(/no backup of c1 at or before .*the oldest is c1_1700000000_Full/);
+  });
+
+  it('never mixes in another container whose name shares a prefix (web vs web_2)', async () => {
+    const web = await chain4('web', 1_700_000_000);
+    const web2 = await chain4('web_2', 1_700_000_050);
+    expect(names(await plan('web'))).toEqual(web.map((m) => m.name));
+    expect(names(await plan('web_2'))).toEqual(web2.map((m) => m.name));
+    // web_2's archives are newer than web's, and their file names start with "web_"
+    expect(names(await plan('web', 1_700_000_260))).toEqual(web.slice(0, 3).map((m) => m.name));
+  });
+
+  it('links by the recorded parent, not by order: an unrelated Full in between is skipped', async () => {
+    const f1 = await store(synthManifest({ container: 'c1', time: 100, full: true }));
+    const i1 = await store(synthManifest({ container: 'c1', time: 200, full: false, parent: f1 }));
+    await store(synthManifest({ container: 'c1', time: 300, full: true }));
+    const i3 = await store(synthManifest({ container: 'c1', time: 400, full: false, parent: i1 }));
+    expect(names(await plan('c1'))).toEqual([f1.name, i1.name, i3.name]);
+  });
+
+  it('names the missing parent of a gap', async () => {
+    const [, i1] = await chain4();
+    await rm(path.join(dir, fileOf(i1!)));
+    const e = await planError('c1');
+    expect(e.exitCode).toBe(ExitCode.notFound);
+    expect(e.message).toBe(`gap in the chain: c1_1700000200 needs its parent ${i1!.name}, which is not in the store`);
+    // Points before the gap still restore.
+    expect(names(await plan('c1', i1!.time - 1))).toEqual(['c1_1700000000_Full']);
+  });
+
+  it('refuses a link whose volume UUIDs do not match (a different backup of the same name)', async () => {
+    const f = await store(synthManifest({ container: 'c1', time: 100, full: true }));
+    await store(synthManifest({ container: 'c1', time: 200, full: false, parent: f, parentUuids: { home: 'ffffffff-0000-4000-8000-000000000000' } }));
+    const e = await planError('c1');
+    expect(e.exitCode).toBe(ExitCode.corrupt);
+    expect(e.message).toMatch(/broken chain: volume home of c1_200 was sent against snapshot ffffffff-.*but the home of c1_100_Full is/);
+  });
+
+  it('reports an unreadable parent as such', async () => {
+    const [, i1] = await chain4();
+    await writeFile(path.join(dir, fileOf(i1!)), 'this is not gzip\n');
+    const e = await planError('c1');
+    expect(e.message).toMatch(/c1_1700000200 needs its parent c1_1700000100, but c1_1700000100\.tar\.gz unreadable: .*not an sbk archive/);
+    expect(e.exitCode).toBe(ExitCode.badInput);
+  });
+
+  it('fails when the newest archive itself is unreadable, instead of restoring an older point', async () => {
+    const ms = await chain4();
+    const p = path.join(dir, fileOf(ms[3]!));
+    await truncate(p, 20);
+    const e = await planError('c1');
+    expect(e.message).toMatch(/^c1_1700000300\.tar\.gz: unreadable: /);
+    expect(e.exitCode).toBe(ExitCode.corrupt);
+  });
+
+  it('ignores a file named for the container that holds another container', async () => {
+    const [f] = await chain4('c1');
+    const other = synthManifest({ container: 'c2', time: 1_800_000_000, full: true });
+    await writeFile(path.join(dir, 'c1_1800000000_Full.tar.gz'), await synthArchive(other));
+    const warnings: string[] = [];
+    const all = await scanStore(dir, 'c1', { warn: (m) => warnings.push(m) });
+    expect(warnings.join('\n')).toMatch(/c1_1800000000_Full\.tar\.gz: holds a backup of container c2/);
+    expect(planRestore(all, 'c1', dir).target.name).toBe('c1_1700000300');
+    expect(f).toBeDefined();
+  });
+
+  it('says so when there is no backup at all', async () => {
+    await chain4('web');
+    const e = await planError('we');
+    expect(e.exitCode).toBe(ExitCode.notFound);
+    expect(e.message).toBe(`no backup of we in ${dir}`);
+  });
+
+  it('reads only the first tar entry: a damaged tail does not stop planning', async () => {
+    const m = synthManifest({ container: 'c1', time: 100, full: true });
+    const big = Buffer.alloc(4 * 1024 * 1024);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 2654435761) >>> 24;
+    await store(m, { deltas: { rootfs: big } });
+    const p = path.join(dir, fileOf(m));
+    const size = (await stat(p)).size;
+    await truncate(p, Math.floor(size / 2));
+    expect((await readArchiveHead(p)).manifest?.name).toBe(m.name);
+  });
+});
+
+describe('original Subutai archives (no manifest)', () => {
+  it('chains them by name order from the newest Full', async () => {
+    const d = { rootfs: Buffer.from('x'), home: Buffer.from('y') };
+    await writeFile(path.join(dir, 'c1_1000_Full.tar.gz'), await legacyArchive(d));
+    await writeFile(path.join(dir, 'c1_2000.tar.gz'), await legacyArchive(d));
+    await writeFile(path.join(dir, 'c1_3000_Full.tar.gz'), await legacyArchive(d));
+    await writeFile(path.join(dir, 'c1_4000.tar.gz'), await legacyArchive(d));
+    await writeFile(path.join(dir, 'c1_5000.tar.gz'), await legacyArchive(d));
+    await writeFile(path.join(dir, 'c1_2_6000_Full.tar.gz'), await legacyArchive(d)); // container c1_2
+    const all = await scanStore(dir, 'c1');
+    expect(all.every((a) => a.legacy)).toBe(true);
+    expect(names(planRestore(all, 'c1', dir))).toEqual(['c1_3000_Full', 'c1_4000', 'c1_5000']);
+    expect(names(planRestore(all, 'c1', dir, 2500))).toEqual(['c1_1000_Full', 'c1_2000']);
+  });
+
+  it('refuses incrementals without a Full before them', async () => {
+    await writeFile(path.join(dir, 'c1_2000.tar.gz'), await legacyArchive({ rootfs: Buffer.from('x') }));
+    const e = await planError('c1');
+    expect(e.message).toBe('no Full backup of c1 at or before c1_2000');
+    expect(e.exitCode).toBe(ExitCode.notFound);
+  });
+
+  it('an unreadable archive inside an old-tool chain breaks it', async () => {
+    await writeFile(path.join(dir, 'c1_1000_Full.tar.gz'), await legacyArchive({ rootfs: Buffer.from('x') }));
+    await writeFile(path.join(dir, 'c1_2000.tar.gz'), Buffer.from([0x1f, 0x8b, 8, 0, 1, 2, 3]));
+    await writeFile(path.join(dir, 'c1_3000.tar.gz'), await legacyArchive({ rootfs: Buffer.from('x') }));
+    const e = await planError('c1');
+    expect(e.message).toMatch(/^c1_2000\.tar\.gz unreadable: /);
+  });
+});
+
+describe('linkProblem', () => {
+  const f = synthManifest({ container: 'c1', time: 100, full: true });
+  it('accepts a child of its parent, and a volume sent whole', () => {
+    const i = synthManifest({ container: 'c1', time: 200, full: false, parent: f, volumes: ['rootfs', 'home', 'opt'] });
+    expect(i.volumes.find((v) => v.name === 'opt')!.parentUuid).toBeNull();
+    expect(linkProblem(i, f)).toBeUndefined();
+  });
+  it('refuses a child of another parent, container, or an older child', () => {
+    const other = synthManifest({ container: 'c1', time: 150, full: true });
+    const i = synthManifest({ container: 'c1', time: 200, full: false, parent: f });
+    expect(linkProblem(i, other)).toMatch(/the parent of c1_200 is c1_100_Full, not c1_150_Full/);
+    expect(linkProblem({ ...i, container: 'c2' }, f)).toMatch(/is a backup of c2/);
+    expect(linkProblem({ ...i, time: 50 }, f)).toMatch(/not older/);
+    expect(linkProblem(f, f)).toMatch(/is a Full backup/);
+  });
+});
+
+describe('parseAtTime', () => {
+  it('reads unix seconds', () => {
+    expect(parseAtTime('1477298237')).toBe(1477298237);
+  });
+  it('reads ISO 8601 with a zone', () => {
+    expect(parseAtTime('2016-10-24T08:37:17Z')).toBe(1477298237);
+    expect(parseAtTime('2016-10-24T10:37:17+02:00')).toBe(1477298237);
+    expect(parseAtTime('2016-10-24T10:37:17+0200')).toBe(1477298237);
+    expect(parseAtTime('2016-10-24T08:37:17.900Z')).toBe(1477298237);
+    expect(parseAtTime('2016-10-24 08:37Z')).toBe(1477298220);
+  });
+  it('reads a date-time without a zone as local time, a date as local midnight', () => {
+    expect(parseAtTime('2016-10-24T08:37:17')).toBe(new Date(2016, 9, 24, 8, 37, 17).getTime() / 1000);
+    expect(parseAtTime('2016-10-24')).toBe(new Date(2016, 9, 24).getTime() / 1000);
+  });
+  it('refuses anything else with a usage error', () => {
+    for (const bad of ['yesterday', '2016-02-31', '2016-13-01', '24.10.2016', '', '1e9', '2016-10-24T25:00']) {
+      expect(() => parseAtTime(bad), bad).toThrow(SbkError);
+      try {
+        parseAtTime(bad);
+      } catch (err) {
+        expect((err as SbkError).exitCode).toBe(ExitCode.usage);
+      }
+    }
+  });
+});
+
+describe('listRows', () => {
+  it('gives every backup its chain state', async () => {
+    const [, i1] = await chain4();
+    await rm(path.join(dir, fileOf(i1!)));
+    const rows = listRows(await scanStore(dir, 'c1'));
+    expect(rows.map((r) => [r.name, r.kind, r.chain, r.length ?? null])).toEqual([
+      ['c1_1700000000_Full', 'full', 'complete', 1],
+      ['c1_1700000200', 'incremental', 'broken', null],
+      ['c1_1700000300', 'incremental', 'broken', null],
+    ]);
+    expect(rows[1]!.problem).toMatch(/needs its parent c1_1700000100/);
+    expect(rows[1]!.parent).toBe('c1_1700000100');
+  });
+});
+
+describe('sbk-plan', () => {
+  const run = (args: string[], opts: { shell?: string } = {}) =>
+    opts.shell
+      ? execa('bash', ['-o', 'pipefail', '-c', opts.shell], { reject: false, env: { PATH: `${path.dirname(BIN('x'))}:${process.env.PATH}` } })
+      : execa(BIN('sbk-plan'), args, { reject: false });
+
+  it('prints one path per line, oldest first', async () => {
+    const ms = await chain4();
+    const r = await run(['c1', '--dir', dir]);
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout.split('\n')).toEqual(ms.map((m) => path.join(dir, fileOf(m))));
+    const at = await run(['c1', '--dir', dir, '--at', new Date((ms[1]!.time + 5) * 1000).toISOString()]);
+    expect(at.stdout.split('\n')).toEqual(ms.slice(0, 2).map((m) => path.join(dir, fileOf(m))));
+  });
+
+  it('--list --json gives NDJSON; a reader leaving early is fine', async () => {
+    await chain4();
+    const r = await run(['c1', '--dir', dir, '--list', '--json']);
+    expect(r.exitCode).toBe(0);
+    const rows = r.stdout.split('\n').map((l) => JSON.parse(l) as { name: string; chain: string; size: number });
+    expect(rows).toHaveLength(4);
+    expect(rows.every((x) => x.chain === 'complete' && x.size > 0)).toBe(true);
+    const table = await run(['c1', '--dir', dir, '--list']);
+    expect(table.stdout.split('\n')[0]).toMatch(/^DATE +NAME +KIND +SIZE +PARENT +CHAIN$/);
+    expect(table.stdout).toMatch(/c1_1700000300 +Incr +\d+ +c1_1700000200 +complete \(4 archives\)/);
+    const head = await run([], { shell: `sbk-plan c1 --dir '${dir}' --list | head -1` });
+    expect(head.exitCode).toBe(0);
+    expect(head.stderr).toBe('');
+  });
+
+  it('exits 5 with one line when there is nothing to restore, 2 on a bad --at', async () => {
+    const r = await run(['nosuch', '--dir', dir]);
+    expect(r.exitCode).toBe(5);
+    expect(r.stderr).toBe(`sbk-plan: no backup of nosuch in ${dir}`);
+    const bad = await run(['c1', '--dir', dir, '--at', 'soon']);
+    expect(bad.exitCode).toBe(2);
+    const missing = await run(['c1', '--dir', path.join(dir, 'nope')]);
+    expect(missing.exitCode).toBe(5);
+    expect(missing.stderr).toMatch(/backup directory .*nope does not exist/);
+  });
+
+  it('exits 5 naming the missing parent of a gap', async () => {
+    const [, i1] = await chain4();
+    await rm(path.join(dir, fileOf(i1!)));
+    const r = await run(['c1', '--dir', dir]);
+    expect(r.exitCode).toBe(5);
+    expect(r.stderr).toContain('needs its parent c1_1700000100');
+    expect(r.stdout).toBe('');
+  });
+});
+
