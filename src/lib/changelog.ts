@@ -128,13 +128,33 @@ const ACTION_ORDER: Record<Action, number> = { deleted: 0, modified: 1, added: 2
  * comes just before its contents); for one path, deleted before modified before added.
  */
 export function compareLines(a: ChangelogLine, b: ChangelogLine): number {
-  const pa = a.path.split('/').filter(Boolean);
-  const pb = b.path.split('/').filter(Boolean);
+  return compareKeyed(keyed(a), keyed(b));
+}
+
+interface Keyed {
+  parts: string[];
+  line: ChangelogLine;
+}
+
+const keyed = (line: ChangelogLine): Keyed => ({ parts: line.path.split('/').filter(Boolean), line });
+
+function compareKeyed(a: Keyed, b: Keyed): number {
+  const pa = a.parts;
+  const pb = b.parts;
+  // latin1 strings: comparing chars compares bytes.
   for (let i = 0; i < Math.min(pa.length, pb.length); i++) {
     if (pa[i] !== pb[i]) return pa[i]! < pb[i]! ? -1 : 1;
   }
   if (pa.length !== pb.length) return pa.length - pb.length;
-  return ACTION_ORDER[a.action] - ACTION_ORDER[b.action];
+  return ACTION_ORDER[a.line.action] - ACTION_ORDER[b.line.action];
+}
+
+/** Lines in the documented order (the split paths computed once, not per comparison). */
+export function sortLines(lines: ChangelogLine[]): ChangelogLine[] {
+  return lines
+    .map(keyed)
+    .sort(compareKeyed)
+    .map((k) => k.line);
 }
 
 export function toLines(changes: Iterable<Change>, mount: string): ChangelogLine[] {
@@ -143,8 +163,7 @@ export function toLines(changes: Iterable<Change>, mount: string): ChangelogLine
 
 /** Sorted, escaped, newline-terminated text of a changelog. */
 export function formatChangelog(lines: ChangelogLine[]): string {
-  return [...lines]
-    .sort(compareLines)
+  return sortLines(lines)
     .map((l) => `${l.action} ${escapePath(l.path)}\n`)
     .join('');
 }
@@ -185,6 +204,12 @@ class SnapshotView {
   private readonly cache = new Map<string, Promise<Entry | null>>();
   constructor(readonly root: string | null) {}
 
+  /** The root is an ordinary (UTF-8) path; `rel` is raw bytes. */
+  private abs(rel: string): Buffer {
+    const root = Buffer.from(this.root!, 'utf8');
+    return rel === '' ? root : Buffer.concat([root, bytes('/' + rel)]);
+  }
+
   get(rel: string): Promise<Entry | null> {
     let p = this.cache.get(rel);
     if (!p) {
@@ -200,7 +225,7 @@ class SnapshotView {
       const parent = await this.get(parentOf(rel));
       if (!parent || parent.kind !== 'dir') return null;
     }
-    const full = rel === '' ? bytes(this.root) : Buffer.concat([bytes(this.root), bytes('/' + rel)]);
+    const full = this.abs(rel);
     try {
       const st = await lstat(full, { bigint: true });
       return { kind: kindOf(st), id: `i${st.ino}`, st };
@@ -217,7 +242,7 @@ class SnapshotView {
     const stack = [rel];
     while (stack.length) {
       const dir = stack.pop()!;
-      const full = dir === '' ? bytes(this.root) : Buffer.concat([bytes(this.root), bytes('/' + dir)]);
+      const full = this.abs(dir);
       const ents = await readdir(full, { withFileTypes: true, encoding: 'buffer' });
       for (const e of ents) {
         const child = join(dir, (e.name as unknown as Buffer).toString('latin1'));
@@ -386,7 +411,7 @@ export class StreamModel {
     let n = map.get(name);
     if (n === undefined) {
       // Not yet mentioned: the old tree's entry, if the directory has an old tree behind it.
-      if (dir.origin === null || dir.renamedAway(name)) throw this.inconsistent(`no entry '${escapePath(name)}'`);
+      if (dir.origin === null) throw this.inconsistent(`no entry '${escapePath(name)}'`);
       const origin = join(dir.origin, name);
       n = new Node(this.serial++, origin, 'unknown');
       map.set(name, n);
@@ -411,23 +436,13 @@ export class StreamModel {
   }
 }
 
-// A pre-existing directory never loses an old entry silently: every removal is recorded as
-// null in `children`, so a lookup that misses the map may fall back on the old tree.
-declare module './changelog.js' {}
-interface Node {
-  renamedAway(name: string): boolean;
-}
-Node.prototype.renamedAway = function (this: Node, _name: string) {
-  return false;
-};
-
 /**
  * Facts about a path on both sides, from the snapshots (exact) or, without them, from the
  * stream alone (best effort: see man/sbk-changelog.1, --from-stream).
  */
 interface Facts {
-  old(rel: string): Promise<Entry | null>;
-  new(rel: string): Promise<Entry | null>;
+  before(rel: string): Promise<Entry | null>;
+  after(rel: string): Promise<Entry | null>;
   /** For a non-directory present on both sides as the same inode: did its content or mtime change? */
   contentChanged(rel: string, o: Entry, n: Entry): boolean;
   metaChanged(rel: string, o: Entry, n: Entry): boolean;
@@ -439,11 +454,15 @@ class SnapshotFacts implements Facts {
     readonly newView: SnapshotView,
     private readonly model?: StreamModel,
   ) {}
-  old(rel: string) {
+  before(rel: string) {
     return this.oldView.get(rel);
   }
-  new(rel: string) {
-    return this.newView.get(rel);
+  async after(rel: string): Promise<Entry | null> {
+    const e = await this.newView.get(rel);
+    // An inode number can be reused after a delete and a remount: a node the stream created
+    // is new whatever its number.
+    const node = this.model?.byPath.get(rel);
+    return e && node?.isNew ? { ...e, id: `n${node.serial}` } : e;
   }
   contentChanged(rel: string, o: Entry, n: Entry): boolean {
     if (this.model?.byPath.get(rel)?.data) return true;
@@ -458,11 +477,11 @@ class SnapshotFacts implements Facts {
 
 class StreamFacts implements Facts {
   constructor(private readonly model: StreamModel) {}
-  async old(rel: string): Promise<Entry | null> {
+  async before(rel: string): Promise<Entry | null> {
     const n = this.model.byOrigin.get(rel);
     return n ? { kind: n.kind, id: `o${rel}` } : null;
   }
-  async new(rel: string): Promise<Entry | null> {
+  async after(rel: string): Promise<Entry | null> {
     const n = this.model.byPath.get(rel);
     if (!n) return null;
     return { kind: n.kind, id: n.isNew ? `n${n.serial}` : `o${n.origin}` };
@@ -501,7 +520,7 @@ const isDir = (e: Entry) => e.kind === 'dir';
 
 /** Applies the rules to one path present on at least one side. */
 async function classify(rel: string, facts: Facts, out: ChangeSet, allChanges: boolean): Promise<void> {
-  const [o, n] = await Promise.all([facts.old(rel), facts.new(rel)]);
+  const [o, n] = await Promise.all([facts.before(rel), facts.after(rel)]);
   if (!o && !n) return;
   if (o && !n) return out.add('deleted', rel, isDir(o));
   if (!o && n) return out.add('added', rel, isDir(n));
@@ -524,7 +543,7 @@ async function addParentDirs(out: ChangeSet, facts: Facts): Promise<void> {
   for (const c of out.values()) if (c.action !== 'modified' && c.rel !== '') parents.add(parentOf(c.rel));
   for (const p of parents) {
     if (out.has('added', p) || out.has('deleted', p)) continue;
-    const [o, n] = await Promise.all([facts.old(p), facts.new(p)]);
+    const [o, n] = await Promise.all([facts.before(p), facts.after(p)]);
     if (o && n && isDir(o) && isDir(n)) out.add('modified', p, true);
   }
 }
@@ -533,7 +552,7 @@ async function addParentDirs(out: ChangeSet, facts: Facts): Promise<void> {
 // Method 1: send stream
 
 /** Replays a send stream into a model (throws SbkError on a corrupt stream). */
-export async function modelFromStream(source: AsyncIterable<Buffer | Uint8Array | string>): Promise<StreamModel> {
+export async function modelFromStream(source: AsyncIterable<Buffer | Uint8Array | string> | Iterable<Buffer | Uint8Array | string>): Promise<StreamModel> {
   const model = new StreamModel();
   for await (const c of readSendStream(source)) model.apply(c);
   model.finish();
@@ -570,7 +589,7 @@ export async function changesFromModel(
     }
   } else {
     facts = new StreamFacts(model);
-    const moved = [...model.byOrigin.values()].filter((n) => n.renamed && n.kind !== 'file' && n.kind !== 'symlink');
+    const moved = [...model.byOrigin.values()].filter((n) => n.renamed && (n.kind === 'dir' || n.kind === 'unknown'));
     if (moved.length)
       opts.warn?.(
         `${moved.length} renamed path(s) may be directories: without the snapshots (--between), ` +
@@ -581,8 +600,40 @@ export async function changesFromModel(
   const out = new ChangeSet();
   const all = new Set([...oldCand, ...newCand]);
   for (const rel of all) await classify(rel, facts, out, !!opts.allChanges);
+  if (snapshots && facts instanceof SnapshotFacts) {
+    // The stream names a changed file by one of its names; its other hard links changed too
+    // (rsync, comparing path by path, lists them all). Their names come from the inode's
+    // back references, which costs one look-up per changed multi-link file.
+    for (const c of out.values()) {
+      if (c.action !== 'modified' || c.dir) continue;
+      const n = await facts.after(c.rel);
+      if (!n?.st || n.st.nlink < 2n) continue;
+      for (const rel of await otherLinks(snapshots.newRoot, n.st.ino, opts.signal)) {
+        if (!all.has(rel)) await classify(rel, facts, out, !!opts.allChanges);
+      }
+    }
+  }
   await addParentDirs(out, facts);
   return out.values();
+}
+
+/** Every name of inode `ino` in the subvolume at `root` (`btrfs inspect-internal inode-resolve`). */
+async function otherLinks(root: string, ino: bigint, signal?: AbortSignal): Promise<string[]> {
+  const r = await execa('btrfs', ['inspect-internal', 'inode-resolve', String(ino), root], {
+    stdin: 'ignore',
+    encoding: 'buffer',
+    reject: false,
+    cancelSignal: signal,
+  });
+  if (r.exitCode !== 0) return [];
+  // One path per line, prefixed with `root/`. A name holding a newline cannot be told apart
+  // here; such a line does not resolve and is dropped (classify checks every path by lstat).
+  const prefix = Buffer.from(root.replace(/\/+$/, '') + '/', 'utf8').toString('latin1');
+  return Buffer.from(r.stdout as Uint8Array)
+    .toString('latin1')
+    .split('\n')
+    .filter((l) => l.startsWith(prefix))
+    .map((l) => l.slice(prefix.length));
 }
 
 /** `btrfs send --no-data [-p OLD] NEW`, parsed; OLD null lists the whole of NEW as added. */
@@ -629,7 +680,8 @@ export function parseRsyncLine(line: string): RsyncItem | undefined {
   const slash = name.endsWith('/');
   if (slash) name = name.slice(0, -1);
   if (name === '.') name = '';
-  return { flags, rel: name, dir: flags[1] === 'd' || (flags.startsWith('*') && slash) };
+  const deleting = flags.startsWith('*');
+  return { flags, rel: name, dir: deleting ? slash : flags[1] === 'd' };
 }
 
 /**
@@ -640,7 +692,7 @@ async function classifyRsync(item: RsyncItem, facts: Facts, out: ChangeSet, allC
   const f = item.flags;
   if (f.startsWith('*deleting')) return out.add('deleted', item.rel, item.dir);
   if (f.slice(2) === '+++++++++') {
-    const o = await facts.old(item.rel);
+    const o = await facts.before(item.rel);
     if (!o) return out.add('added', item.rel, item.dir);
     if (isDir(o) !== item.dir) {
       out.add('deleted', item.rel, isDir(o));
@@ -660,7 +712,9 @@ export async function changesByRsync(oldDir: string | null, newDir: string, opts
   let empty: string | undefined;
   const dest = oldDir ?? (empty = await mkdtemp(path.join(os.tmpdir(), 'sbk-changelog-empty-')));
   try {
-    const args = ['-n', '-a', '--delete', '-i', '--out-format=%i %n'];
+    // --modify-window=-1: compare mtimes to the nanosecond (rsync's default is whole seconds,
+    // which misses a same-size rewrite within the second of the snapshot).
+    const args = ['-n', '-a', '--delete', '-i', '--modify-window=-1', '--out-format=%i %n'];
     if (opts.allChanges) args.push('-X', '-A');
     args.push(`${newDir}/`, `${dest}/`);
     // LC_ALL=C: rsync then escapes every non-ASCII byte as \#ooo, so its output decodes losslessly.

@@ -151,25 +151,22 @@ class ParallelGzip extends Duplex {
       }
       const rest = this.rest;
       if (rest) {
-        if (this.fill === 0 && rest.length >= this.blockSize) {
-          // A big write already holds whole blocks: use views of it rather than copying.
-          this.full = rest.subarray(0, this.blockSize);
-          this.rest = rest.length > this.blockSize ? rest.subarray(this.blockSize) : undefined;
-        } else {
-          const n = Math.min(rest.length, this.blockSize - this.fill);
-          rest.copy(this.block, this.fill, 0, n);
-          this.fill += n;
-          this.rest = n < rest.length ? rest.subarray(n) : undefined;
-          if (this.fill === this.blockSize) {
-            this.full = this.block;
-            this.block = Buffer.allocUnsafe(this.blockSize); // the old one is now owned by its job
-            this.fill = 0;
-          }
+        // Input is always copied into a block of our own (one memcpy, ~1% of the deflate time):
+        // a writer may reuse its buffer once its write is acknowledged, while a view of it
+        // would still be read by the thread pool and as the next block's dictionary.
+        const n = Math.min(rest.length, this.blockSize - this.fill);
+        rest.copy(this.block, this.fill, 0, n);
+        this.fill += n;
+        this.rest = n < rest.length ? rest.subarray(n) : undefined;
+        if (this.fill === this.blockSize) {
+          this.full = this.block;
+          this.block = Buffer.allocUnsafe(this.blockSize); // the old one now belongs to its job
+          this.fill = 0;
         }
         continue;
       }
       if (this.writeCb) {
-        // All of this write is taken (copied, or handed to a job): ask for more.
+        // All of this write is copied: ask for more.
         const cb = this.writeCb;
         this.writeCb = undefined;
         cb();
@@ -192,7 +189,7 @@ class ParallelGzip extends Duplex {
       data,
       {
         level: this.level,
-        
+        dictionary: this.dict,
         // SYNC_FLUSH byte-aligns the end of a block (00 00 ff ff) so the next block's
         // independently produced bits can simply be appended to it.
         finishFlush: last ? zlib.constants.Z_FINISH : zlib.constants.Z_SYNC_FLUSH,

@@ -537,7 +537,7 @@ const asBytes = (c: Chunk): Uint8Array => (typeof c === 'string' ? Buffer.from(c
  * once it is complete and its CRC checked. Throws SbkError (exit code 4 for corruption, 3 for
  * input that is not a send stream) naming the byte offset.
  */
-export async function* readSendStream(source: AsyncIterable<Chunk>, opts: { wantData?: boolean } = {}): AsyncGenerator<SendCommand, SendStreamSummary> {
+export async function* readSendStream(source: AsyncIterable<Chunk> | Iterable<Chunk>, opts: { wantData?: boolean } = {}): AsyncGenerator<SendCommand, SendStreamSummary> {
   let batch: SendCommand[] = [];
   const reader = new SendStreamReader((c) => batch.push(c), { decode: 'all', wantData: opts.wantData });
   for await (const chunk of source) {
@@ -552,7 +552,7 @@ export async function* readSendStream(source: AsyncIterable<Chunk>, opts: { want
 }
 
 /** Checks a whole stream: magic, version, every command's CRC32C, END exactly at the end. */
-export async function verifySendStream(source: AsyncIterable<Chunk>): Promise<SendStreamSummary> {
+export async function verifySendStream(source: AsyncIterable<Chunk> | Iterable<Chunk>): Promise<SendStreamSummary> {
   const reader = new SendStreamReader(undefined, { decode: 'first' });
   for await (const chunk of source) reader.write(asBytes(chunk));
   return reader.end();

@@ -1,0 +1,49 @@
+// Benchmark (not a test): changelog of a one-file change in a volume of 50,000 files, by the
+// send-stream method and by the rsync method. Needs root; uses a loop-mounted BTRFS image.
+// Usage: node bench/changelog.mjs [files=50000] [runs=7]   (after `npm run build`)
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { changesBetween } from '../dist/lib/changelog.js';
+
+const files = Number(process.argv[2] ?? 50000);
+const runs = Number(process.argv[3] ?? 7);
+const sh = (cmd, ...args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+const dir = mkdtempSync(path.join(os.tmpdir(), 'sbk-bench-'));
+const img = path.join(dir, 'img');
+const mnt = path.join(dir, 'mnt');
+mkdirSync(mnt);
+try {
+  sh('truncate', '-s', '1G', img);
+  sh('mkfs.btrfs', '-q', '-f', img);
+  sh('mount', '-o', 'loop', img, mnt);
+  const vol = path.join(mnt, 'vol');
+  sh('btrfs', '-q', 'subvolume', 'create', vol);
+  for (let i = 0; i < files; i++) {
+    const d = path.join(vol, `d${Math.floor(i / 500)}`);
+    if (i % 500 === 0) mkdirSync(d);
+    writeFileSync(path.join(d, `f${i}`), `${i}\n`);
+  }
+  sh('btrfs', '-q', 'subvolume', 'snapshot', '-r', vol, path.join(mnt, 'old'));
+  appendFileSync(path.join(vol, 'd7', 'f3600'), 'changed\n');
+  sh('btrfs', '-q', 'subvolume', 'snapshot', '-r', vol, path.join(mnt, 'new'));
+  sh('sync');
+  const result = {};
+  for (const method of ['stream', 'rsync']) {
+    const times = [];
+    for (let r = 0; r < runs; r++) {
+      const t0 = performance.now();
+      const changes = await changesBetween(method, path.join(mnt, 'old'), path.join(mnt, 'new'));
+      times.push(performance.now() - t0);
+      if (changes.length !== 1) throw new Error(`${method}: expected 1 change, got ${JSON.stringify(changes)}`);
+    }
+    times.sort((a, b) => a - b);
+    result[method] = { medianMs: +times[runs >> 1].toFixed(1), minMs: +times[0].toFixed(1) };
+  }
+  const ratio = +(result.rsync.medianMs / result.stream.medianMs).toFixed(1);
+  console.log(JSON.stringify({ bench: 'changelog one-file change', files, runs, ...result, rsyncOverStream: ratio, date: new Date().toISOString(), node: process.version }));
+} finally {
+  try { sh('umount', mnt); } catch {}
+  rmSync(dir, { recursive: true, force: true });
+}
