@@ -177,3 +177,17 @@ export async function writeOut(chunk: string | Uint8Array): Promise<void> {
     });
   }
 }
+
+/** `--wait[=SECONDS]`: wait for a lock another run holds (for ever without a number). */
+export const WAIT_OPTION = {
+  type: 'string',
+  describe: 'wait for a lock held by another run (for ever, or at most SECONDS) instead of failing with exit 7',
+} as const;
+
+export function parseWait(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (v === '') return Infinity;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new SbkError(`--wait takes a number of seconds, not '${v}'`, ExitCode.usage);
+  return n;
+}

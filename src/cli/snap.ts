@@ -1,11 +1,12 @@
 // sbk-snap: container names in, one NDJSON backup record per backup out (snapshots made).
-import { runCli, writeOut } from './common.js';
+import { runCli, writeOut, WAIT_OPTION, parseWait } from './common.js';
 import { SbkError, ExitCode } from '../lib/errors.js';
 
 interface SnapArgs {
   full?: boolean;
   incremental?: boolean;
   all?: boolean;
+  wait?: string;
 }
 
 export function main(argv: string[]): Promise<void> {
@@ -18,6 +19,7 @@ export function main(argv: string[]): Promise<void> {
           .option('full', { alias: 'f', type: 'boolean', describe: 'make a Full backup' })
           .option('incremental', { alias: 'i', type: 'boolean', describe: 'fail unless a valid parent exists' })
           .option('all', { alias: 'a', type: 'boolean', describe: 'back up every container in the LXC dir' })
+          .option('wait', WAIT_OPTION)
           .conflicts('full', 'incremental'),
       run: async (args, ctx) => {
         const { makeBackupSet, findContainers } = await import('../lib/snapshots.js');
@@ -32,12 +34,13 @@ export function main(argv: string[]): Promise<void> {
         if (!names.length) throw new SbkError('no container given (or use --all)', ExitCode.usage);
         for (const n of names) checkContainerName(n);
         const mode = args.full ? 'full' : args.incremental ? 'incremental' : 'auto';
+        const lockWait = parseWait(args.wait);
         // One container failing does not stop the others; the exit code still reports it.
         let failed: SbkError | undefined;
         for (const name of names) {
           ctx.signal.throwIfAborted();
           try {
-            const record = await makeBackupSet(ctx.dirs, name, { mode, log: ctx.log, signal: ctx.signal });
+            const record = await makeBackupSet(ctx.dirs, name, { mode, log: ctx.log, signal: ctx.signal, lockWait });
             ctx.log.verbose(`${name}: snapshots in ${record.set}`);
             await writeOut(formatRecord(record));
           } catch (err) {

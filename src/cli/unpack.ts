@@ -2,7 +2,7 @@
 // restored container out, at <lxc-dir>/<name>. --verify checks archives without restoring.
 import path from 'node:path';
 import { stat } from 'node:fs/promises';
-import { runCli } from './common.js';
+import { runCli, WAIT_OPTION, parseWait } from './common.js';
 import { SbkError, ExitCode } from '../lib/errors.js';
 import type { RestoreInput } from '../lib/restore.js';
 
@@ -10,6 +10,7 @@ interface UnpackArgs {
   as?: string;
   force?: boolean;
   verify?: boolean;
+  wait?: string;
 }
 
 const MAX_LIST = 1024 * 1024;
@@ -68,6 +69,7 @@ export function main(argv: string[]): Promise<void> {
         y
           .option('as', { type: 'string', describe: 'restore under this container name (default: the archived name)' })
           .option('force', { alias: 'f', type: 'boolean', describe: 'replace an existing container, once the new one is complete' })
+          .option('wait', WAIT_OPTION)
           .option('verify', { type: 'boolean', describe: 'check archives fully (gzip, tar, sha256, send streams); restore nothing, needs no root' })
           .conflicts('verify', ['as', 'force']),
       run: async (args, ctx) => {
@@ -85,6 +87,7 @@ export function main(argv: string[]): Promise<void> {
           }
           if (files) await precheckFiles(inputs, args.as);
           await restoreChain(inputs, {
+            lockWait: parseWait(args.wait),
             lxcDir: ctx.dirs.lxcDir,
             as: args.as,
             force: args.force,

@@ -57,11 +57,10 @@ export async function acquireLock(file: string, opts: LockOptions): Promise<Lock
     const waited = opts.wait === undefined ? '' : ` (waited ${opts.wait} s)`;
     throw new SbkError(`${file} is locked by ${who}${waited}; try again later or use --wait`, ExitCode.locked);
   }
-  // The lock must never keep this process alive on its own.
-  child.unref();
-  (child.stdout as unknown as { unref?: () => void }).unref?.();
-  (child.stderr as unknown as { unref?: () => void }).unref?.();
-  (child.stdin as unknown as { unref?: () => void }).unref?.();
+  // Holding the lock must never keep this process alive on its own (release() re-refs it, or
+  // awaiting the child's exit would let Node exit half-way).
+  const handles = [child, child.stdout, child.stderr, child.stdin] as unknown as { ref?: () => void; unref?: () => void }[];
+  for (const h of handles) h.unref?.();
   await writeFile(file, `${opts.holder} (pid ${process.pid}, since ${new Date().toISOString()})\n`).catch(() => {});
   let released = false;
   return {
@@ -69,6 +68,7 @@ export async function acquireLock(file: string, opts: LockOptions): Promise<Lock
     async release() {
       if (released) return;
       released = true;
+      for (const h of handles) h.ref?.();
       child.stdin!.end();
       await child.catch(() => {});
     },

@@ -14,6 +14,7 @@
 // false` breaks later incrementals). Any failure or signal deletes the temporary directory and
 // every subvolume in it; nothing appears at the target unless the whole chain was received and
 // verified.
+import { acquireLock, restoreLockFile, type Lock } from './lock.js';
 import { lstat, mkdir, readdir, rename, rm, rmdir, chmod, chown, utimes, writeFile, readFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
@@ -44,6 +45,8 @@ export interface RestoreOptions {
   as?: string;
   /** Replace an existing container, once the new one is complete. */
   force?: boolean;
+  /** Seconds to wait for another restore of the same target (undefined: fail at once). */
+  lockWait?: number;
   log: Log;
   signal: AbortSignal;
 }
@@ -273,6 +276,7 @@ interface MetaDir {
 export class Restore {
   private tmp?: string;
   private name?: string;
+  private lock?: Lock;
   private current?: ArchiveState;
   private previous?: ArchiveState;
   private receiving?: Receiving;
@@ -315,6 +319,8 @@ export class Restore {
       const reason = this.opts.signal.aborted ? this.opts.signal.reason : err;
       await this.cleanup();
       throw reason;
+    } finally {
+      await this.lock?.release();
     }
   }
 
@@ -374,6 +380,12 @@ export class Restore {
       throw err;
     }
     if (!onBtrfs) throw new SbkError(`LXC directory ${lxcDir} is not on a BTRFS filesystem`, ExitCode.failure);
+    // One restore per target at a time; held until the container is in place or cleaned up.
+    this.lock = await acquireLock(restoreLockFile(lxcDir, name), {
+      holder: `sbk-unpack (restore of ${name})`,
+      wait: this.opts.lockWait,
+      signal: this.signal,
+    });
     const target = path.join(lxcDir, name);
     if (!this.opts.force && (await exists(target)))
       throw new SbkError(

@@ -17,6 +17,7 @@ import {
 import { configVolumes, readContainerConfig, type VolumeRef } from './lxc.js';
 import { deleteSubvolume, isSubvolume, requireSubvolume, snapshot, subvolumeInfo } from './btrfs.js';
 import { writeFileAtomic } from './atomic.js';
+import { backupLockFile, withLock } from './lock.js';
 import type { BackupRecord, SetRef, VolumeRecord } from './record.js';
 import { RECORD_FORMAT } from './record.js';
 import type { Log } from './log.js';
@@ -187,12 +188,24 @@ export interface SnapOptions {
   mode: 'auto' | 'full' | 'incremental';
   log: Log;
   signal?: AbortSignal;
+  /** Seconds to wait for another run holding the container's lock (undefined: fail at once). */
+  lockWait?: number;
 }
 
 /** Makes one snapshot set and returns its record. On failure removes what it made. */
 export async function makeBackupSet(dirs: Dirs, container: string, opts: SnapOptions): Promise<BackupRecord> {
-  const { log, signal } = opts;
   const cv = await containerVolumes(dirs, container);
+  await mkdir(dirs.backupDir, { recursive: true });
+  return withLock(
+    backupLockFile(dirs.backupDir, container),
+    { holder: `sbk-snap ${container}`, wait: opts.lockWait, signal: opts.signal },
+    () => makeSetLocked(dirs, cv, opts),
+  );
+}
+
+async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions): Promise<BackupRecord> {
+  const { log, signal } = opts;
+  const { container } = cv;
   for (const s of cv.skipped) log.verbose(`${container}: not backed up: ${s.source} (${s.reason})`);
   const cdir = path.join(dirs.backupDir, container);
   await mkdir(cdir, { recursive: true });

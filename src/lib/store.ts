@@ -14,6 +14,7 @@ import { SbkError, ExitCode } from './errors.js';
 import { peekStream, sniff, describeKind } from './input.js';
 import { archiveFileName, changelogFileName, setDirName, type Dirs } from './layout.js';
 import { confirmSet } from './snapshots.js';
+import { backupLockFile, withLock } from './lock.js';
 import type { Log } from './log.js';
 
 export type PackTarget =
@@ -78,6 +79,23 @@ interface Open {
   finalPath: string;
   changelog?: AtomicFile;
   changelogPiping?: Promise<void>;
+}
+
+/** Marks the backup's snapshot set (if it is on this host) as a valid parent. */
+async function confirm(dirs: Dirs, m: Manifest, result: StoredArchive, log: Log): Promise<void> {
+  const set = path.join(dirs.backupDir, m.container, setDirName(m.time, m.full));
+  if (!(await stat(set).then((s) => s.isDirectory(), () => false))) {
+    log.warn(`${m.name}: no snapshot set ${set} here to confirm; stored the archive only`);
+    return;
+  }
+  await confirmSet(set, {
+    sbk: 'confirmation',
+    name: m.name,
+    archive: path.basename(result.path),
+    size: result.size,
+    sha256: result.sha256,
+    stored: new Date().toISOString(),
+  });
 }
 
 export async function packArchives(source: Readable, opts: PackOptions): Promise<StoredArchive[]> {
@@ -174,26 +192,19 @@ export async function packArchives(source: Readable, opts: PackOptions): Promise
       o.pack.finalize();
       await o.piping;
       const m = o.manifest;
-      if (o.file) await o.file.commit({ noClobber: true });
-      // Sidecar after the archive: a killed run may leave an archive without its changelog,
-      // never a changelog that points at no archive.
-      if (o.changelog) await o.changelog.commit();
       const result: StoredArchive = { name: m.name, path: o.finalPath, size: o.digest.size, sha256: o.digest.sha256() };
-      if (target.kind === 'store') {
-        const set = path.join(target.dirs.backupDir, m.container, setDirName(m.time, m.full));
-        if (await stat(set).then((s) => s.isDirectory(), () => false)) {
-          await confirmSet(set, {
-            sbk: 'confirmation',
-            name: m.name,
-            archive: path.basename(o.finalPath),
-            size: result.size,
-            sha256: result.sha256,
-            stored: new Date().toISOString(),
-          });
-        } else {
-          log.warn(`${m.name}: no snapshot set ${set} here to confirm; stored the archive only`);
-        }
-      }
+      const place = async () => {
+        if (o.file) await o.file.commit({ noClobber: true });
+        // Sidecar after the archive: a killed run may leave an archive without its changelog,
+        // never a changelog that points at no archive.
+        if (o.changelog) await o.changelog.commit();
+        if (target.kind === 'store') await confirm(target.dirs, m, result, log);
+      };
+      // Storing and confirming happen under the container's lock (pruning takes it too). The
+      // hold is short, so wait for it rather than fail a whole backup.
+      if (target.kind === 'store')
+        await withLock(backupLockFile(target.dirs.backupDir, m.container), { holder: `sbk-pack ${m.name}`, wait: 600, signal: opts.signal }, place);
+      else await place();
       stored.push(result);
       current = undefined;
       await opts.onStored?.(result);
