@@ -370,6 +370,8 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
   let volumeHashes = new Map<string, { hash: ReturnType<typeof createHash>; size: number; parts: number; single: boolean }>();
   let volumeIndex = -1;
   let sawChangelog = false;
+  // Names seen in the current archive: a duplicate could make a restore take the wrong copy.
+  let seenNames = new Set<string>();
   let lastName = '';
 
   /** Turns the errors of a broken tar or gzip stream into SbkErrors; others (I/O) pass unchanged. */
@@ -403,6 +405,7 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
         volumeHashes = new Map();
         volumeIndex = -1;
         sawChangelog = false;
+        seenNames = new Set([MANIFEST_ENTRY]);
         if (name === MANIFEST_ENTRY && header.type === 'file') {
           const hash = createHash('sha256');
           const buf = await collect(entry as AsyncIterable<Buffer>, MAX_JSON_ENTRY, MANIFEST_ENTRY, source);
@@ -466,6 +469,10 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
       } else {
         throw corrupt(source, `unexpected entry '${name}'`);
       }
+
+      const key = name.replace(/\/$/, '');
+      if (seenNames.has(key)) throw corrupt(source, `entry '${name}' appears twice`);
+      seenNames.add(key);
 
       if (role === 'trailer') {
         const buf = await collect(entry as AsyncIterable<Buffer>, MAX_JSON_ENTRY, TRAILER_ENTRY, source);
