@@ -1,7 +1,7 @@
 // Atomic file writes: data goes to a temporary name in the same directory, is fsynced, then
 // renamed over the final name, and the directory is fsynced. A killed run leaves at most a
 // `.<name>.tmp-<pid>-<n>` file, never a half-written file under the final name.
-import { open, rename, rm, link, unlink } from 'node:fs/promises';
+import { open, readdir, rename, rm, link, unlink } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -17,6 +17,27 @@ export function tempNameFor(finalPath: string): string {
 /** True for names `tempNameFor` makes (so clean-up can find leftovers of killed runs). */
 export function isTempName(name: string): boolean {
   return /^\..+\.tmp-\d+-\d+$/.test(name);
+}
+
+/** Removes temporary files in `dir` left by runs that were killed (their process is gone). */
+export async function removeStaleTemps(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const m = /^\..+\.tmp-(\d+)-\d+$/.exec(name);
+    if (!m || processAlive(Number(m[1]))) continue;
+    await rm(path.join(dir, name), { force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 export async function fsyncDir(dir: string): Promise<void> {
