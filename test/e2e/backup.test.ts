@@ -236,6 +236,17 @@ describe.skipIf(mode === 'skip')('backup flow on loopback BTRFS', () => {
       expect(gzIn.stderr).toMatch(/already compressed/);
     });
 
+    it('binary output is never written to a terminal', async () => {
+      const rec = path.join(sb.dir, 'tty.ndjson');
+      expect((await sh(`sbk-snap c3 > ${rec}`, sb)).exitCode).toBe(0);
+      // script(1) gives the command a pseudo-terminal as stdout.
+      for (const cmd of [`sbk-send < ${rec}`, `sbk-send < ${rec} | sbk-pack -o -`]) {
+        const r = await sh(`script -qec '${cmd}' /dev/null`, sb);
+        expect(r.exitCode).toBe(2);
+        expect(r.stdout).toMatch(/refusing to write (a tar stream|gzip data) to a terminal/);
+      }
+    });
+
     it('a truncated tar stream stores nothing', async () => {
       const before = await ls(sb.backupDir);
       for (const n of [512, 1024, 5000]) {
