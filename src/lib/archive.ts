@@ -103,7 +103,8 @@ interface EntryHeader {
 /** Writes one archive into a tar-stream pack; the caller finalizes the pack afterwards. */
 export class ArchiveWriter {
   private readonly digests: EntryDigest[] = [];
-  private readonly volumes: Trailer['volumes'] = {};
+  // No prototype: a volume may be named `__proto__` (a valid name), which `{}` would swallow.
+  private readonly volumes: Trailer['volumes'] = Object.create(null) as Trailer['volumes'];
   private readonly mtime: Date;
 
   constructor(
@@ -431,6 +432,9 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
       if (header.type !== 'file' && !(header.type === 'directory' && (name.startsWith(META_PREFIX) || name === 'meta' || name === 'meta/'))) {
         throw corrupt(source, `entry '${name}' is a ${header.type}; sbk archives hold only files and meta/ directories`);
       }
+      // tar-stream never ends the body of a directory that declares data: reading it would hang.
+      if (header.type === 'directory' && (header.size ?? 0) > 0)
+        throw corrupt(source, `directory entry '${name}' declares ${String(header.size)} bytes of data`);
       const delta = DELTA_RE.exec(name);
       if (name === TRAILER_ENTRY && !legacy) {
         role = 'trailer';
@@ -564,7 +568,7 @@ function verifyTrailer(
   if (manifest.changelog !== sawChangelog) throw bad(`changelog.txt ${sawChangelog ? 'is not announced' : 'is missing'}`);
   for (const vol of manifest.volumes) {
     const got = volumes.get(vol.name);
-    const want = t.volumes[vol.name];
+    const want = Object.hasOwn(t.volumes, vol.name) ? t.volumes[vol.name] : undefined;
     if (!got) throw bad(`the delta of volume ${vol.name} is missing`);
     if (!want) throw bad(`volume ${vol.name} is not in the trailer`);
     const digest = got.hash.digest('hex');

@@ -387,10 +387,16 @@ export class StreamModel {
     if (!this.root) throw this.inconsistent('no subvol/snapshot command');
     this.byPath.clear();
     const stack: Array<[string, Node]> = [['', this.root]];
+    // A directory has one name: one reached again (hard-linked by a damaged or hostile stream,
+    // maybe into itself) would make this walk endless.
+    const expanded = new Set<Node>();
     while (stack.length) {
       const [p, n] = stack.pop()!;
       this.byPath.set(p, n);
-      if (n.children) for (const [name, c] of n.children) if (c) stack.push([join(p, name), c]);
+      if (!n.children) continue;
+      if (expanded.has(n)) throw this.inconsistent(`directory '${escapePath(p)}' has a second name (a hard link to a directory)`);
+      expanded.add(n);
+      for (const [name, c] of n.children) if (c) stack.push([join(p, name), c]);
     }
   }
 

@@ -108,5 +108,8 @@ export const CONFIRMED_MARKER = '.sbk-confirmed';
 export const SET_CHANGELOG = '.sbk-changelog.txt';
 
 export function formatTime(time: number): string {
-  return new Date(time * 1000).toISOString().replace('.000Z', 'Z');
+  const d = new Date(time * 1000);
+  // A time beyond what Date can show (a damaged manifest's) is shown as the number, not a RangeError.
+  if (Number.isNaN(d.getTime())) return `${time} (unix seconds)`;
+  return d.toISOString().replace('.000Z', 'Z');
 }

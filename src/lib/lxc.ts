@@ -189,6 +189,9 @@ export interface RestoreRewriteResult {
   changes: string[];
 }
 
+/** fstab's octal escapes for the characters that would end a field (inverse of splitFstabFields). */
+const fstabEscape = (s: string) => s.replace(/[ \t\n\\]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'));
+
 const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /** A fresh locally administered unicast MAC: bit 0x02 of the first octet set, bit 0x01 clear. */
@@ -254,7 +257,10 @@ export function rewriteConfigForRestore(cfg: LxcConfig, opts: RestoreRewrite): R
     if (line.key === undefined || line.value === undefined) return line;
     const key = line.key;
     let value = line.value;
-    for (const p of patterns) value = value.replace(p.re, (_m, pre: string) => pre + p.to);
+    // A mount entry is fstab-style: white space in the new directory must be escaped there, or
+    // LXC (and configVolumes) would split the path into fields.
+    const to = (p: { to: string }) => (key === 'lxc.mount.entry' ? fstabEscape(opts.toDir) : p.to);
+    for (const p of patterns) value = value.replace(p.re, (_m, pre: string) => pre + to(p));
     if (opts.newName !== undefined) {
       if (key === 'lxc.utsname' || key === 'lxc.uts.name') value = opts.newName;
       const net = netOf(key);

@@ -345,6 +345,15 @@ export class SendStreamReader {
         return this.summary;
       case 'header':
         if (this.offset === 0) throw new SbkError('expected a btrfs send stream, got empty input', ExitCode.badInput);
+        // Short input that does not even start like the magic is not a send stream (as longer
+        // input is told at byte 17), not a truncated one.
+        if (!this.head.subarray(0, Math.min(this.headFill, MAGIC.length)).equals(MAGIC.subarray(0, Math.min(this.headFill, MAGIC.length)))) {
+          const kind = sniff(this.head.subarray(0, this.headFill));
+          throw new SbkError(
+            `expected a btrfs send stream (starting "btrfs-stream"), got ${kind === 'btrfs-stream' ? 'binary data' : describeKind[kind]}`,
+            ExitCode.badInput,
+          );
+        }
         throw corruptAt(this.offset, `truncated in the ${STREAM_HEADER_SIZE}-byte stream header`);
       case 'cmdhdr':
         if (this.headFill === 0)
