@@ -7,17 +7,20 @@ import { SbkError, ExitCode, usageError } from '../lib/errors.js';
 import { readRecords, formatRecord, type BackupRecord } from '../lib/record.js';
 import { SET_CHANGELOG } from '../lib/layout.js';
 import { createAtomicFile } from '../lib/atomic.js';
-import { requireSubvolume } from '../lib/btrfs.js';
-import {
-  changesBetween,
-  changesFromModel,
-  modelFromStream,
-  toLines,
-  formatChangelog,
-  type ChangelogLine,
-  type ChangelogOptions,
-  type Method,
-} from '../lib/changelog.js';
+import type { ChangelogLine, ChangelogOptions, Method } from '../lib/changelog.js';
+
+// The work's modules (execa, the send-stream parser) are loaded for a real run only: --help
+// answers without them (see runCli).
+let requireSubvolume: typeof import('../lib/btrfs.js').requireSubvolume;
+let changesBetween: typeof import('../lib/changelog.js').changesBetween;
+let changesFromModel: typeof import('../lib/changelog.js').changesFromModel;
+let modelFromStream: typeof import('../lib/changelog.js').modelFromStream;
+let toLines: typeof import('../lib/changelog.js').toLines;
+let formatChangelog: typeof import('../lib/changelog.js').formatChangelog;
+async function loadWork(): Promise<void> {
+  ({ requireSubvolume } = await import('../lib/btrfs.js'));
+  ({ changesBetween, changesFromModel, modelFromStream, toLines, formatChangelog } = await import('../lib/changelog.js'));
+}
 
 interface Args {
   method: Method;
@@ -169,6 +172,7 @@ export function main(argv: string[]): Promise<void> {
           return true;
         }) as never,
     run: async (args, ctx) => {
+      await loadWork();
       const opts: ChangelogOptions = { allChanges: args.allChanges, signal: ctx.signal, warn: (m) => ctx.log.warn(m) };
       if (args.between || args.fromStream) {
         // A listing: a reader that stops early (`| head`) is not an error.

@@ -1,6 +1,7 @@
 // What every sbk binary shares: common options, logging, signals, broken pipes, exit codes.
 // Each src/cli/<verb>.ts only declares its options and wires streams to src/lib.
-import yargs, { type Argv } from 'yargs';
+// yargs is loaded only to parse a real run: `--help` and `--version` answer without it (help.ts).
+import type { Argv } from 'yargs';
 import { readFileSync } from 'node:fs';
 import { ExitCode, SbkError, describeSystemError, isBrokenPipe } from '../lib/errors.js';
 import { Log, type Verbosity } from '../lib/log.js';
@@ -28,6 +29,74 @@ export function toolVersion(): string {
 const EPILOG =
   'Exit status: 0 ok, 1 failure, 2 usage, 3 bad input, 4 corrupt data, 5 not found, 6 conflict, 7 locked, 70 bug, 130/143 interrupted.\nSee man sbk(7) for the formats.';
 
+/** The options every binary has, in the order --help lists them (then version, help, the binary's own). */
+const COMMON_OPTIONS = [
+  ['lxc-dir', { type: 'string', describe: 'LXC containers directory [env SBK_LXC_DIR] (default /var/snap/subutai/common/lxc)' }],
+  ['backup-dir', { type: 'string', describe: 'backup directory [env SBK_BACKUP_DIR] (default <lxc-dir>/backups)' }],
+  ['quiet', { alias: 'q', type: 'boolean', describe: 'print errors only' }],
+  ['verbose', { alias: 'v', type: 'boolean', describe: 'print more detail' }],
+] as const;
+
+const helpWidth = () => Math.min(100, process.stderr.columns || 100);
+
+/** The help text as yargs would print it, made without yargs; undefined if only yargs can (help.ts). */
+export async function helpWithoutYargs<A>(spec: CliSpec<A>, width = helpWidth()): Promise<string | undefined> {
+  const { recordOptions, renderHelp } = await import('./help.js');
+  const rec = recordOptions(spec.options as never);
+  if (rec.unsupported) return undefined;
+  return renderHelp({
+    name: spec.name,
+    usage: spec.usage,
+    epilog: EPILOG,
+    width,
+    options: [
+      ...COMMON_OPTIONS.map(([k, o]) => [k, { ...o }] as [string, object]),
+      ['version', { type: 'boolean', describe: 'Show version number' }],
+      ['help', { alias: 'h', type: 'boolean', describe: 'Show help' }],
+      ...rec.options,
+    ],
+  });
+}
+
+/** The yargs parser of a binary (loads yargs). */
+async function buildParser<A>(spec: CliSpec<A>, argv: string[], width = helpWidth()) {
+  const { default: yargs } = await import('yargs');
+  return spec.options(
+    COMMON_OPTIONS.reduce((y, [key, o]) => y.option(key, { ...o }), yargs(argv).scriptName(spec.name).usage(spec.usage))
+      .strictOptions()
+      .version(toolVersion())
+      .help()
+      .alias('help', 'h')
+      .epilog(EPILOG)
+      .wrap(width) as unknown as Argv<CommonArgs>,
+  );
+}
+
+/** The help text yargs prints (for the test that holds helpWithoutYargs to it). */
+export async function helpWithYargs<A>(spec: CliSpec<A>, width = helpWidth()): Promise<string> {
+  return (await buildParser(spec, [], width)).getHelp();
+}
+
+/**
+ * `--help` (or `-h`) and `--version` without loading yargs, when the options can be laid out
+ * here exactly as yargs would; true when answered.
+ */
+async function answerWithoutYargs<A>(spec: CliSpec<A>, argv: string[]): Promise<boolean> {
+  const end = argv.indexOf('--');
+  const flags = end < 0 ? argv : argv.slice(0, end);
+  if (flags.includes('--help') || flags.includes('-h')) {
+    const text = await helpWithoutYargs(spec);
+    if (text === undefined) return false;
+    process.stdout.write(text + '\n');
+    return true;
+  }
+  if (flags.includes('--version')) {
+    process.stdout.write(toolVersion() + '\n');
+    return true;
+  }
+  return false;
+}
+
 export interface CliSpec<A> {
   name: string;
   usage: string;
@@ -40,6 +109,7 @@ export interface CliSpec<A> {
 
 /** Runs one binary: parses argv, installs signal and pipe handling, maps errors to exit codes. */
 export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void> {
+  if (await answerWithoutYargs(spec, argv)) return;
   const log = new Log(spec.name);
   const controller = new AbortController();
   let stopReason: 'signal' | 'pipe' | undefined;
@@ -70,31 +140,9 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
   });
 
   let args: A & CommonArgs & { _: (string | number)[] };
-  const parser = spec
-    .options(
-      yargs(argv)
-        .scriptName(spec.name)
-        .usage(spec.usage)
-        .option('lxc-dir', {
-          type: 'string',
-          describe: 'LXC containers directory [env SBK_LXC_DIR] (default /var/snap/subutai/common/lxc)',
-        })
-        .option('backup-dir', {
-          type: 'string',
-          describe: 'backup directory [env SBK_BACKUP_DIR] (default <lxc-dir>/backups)',
-        })
-        .option('quiet', { alias: 'q', type: 'boolean', describe: 'print errors only' })
-        .option('verbose', { alias: 'v', type: 'boolean', describe: 'print more detail' })
-        .strictOptions()
-        .version(toolVersion())
-        .help()
-        .alias('help', 'h')
-        .epilog(EPILOG)
-        .wrap(Math.min(100, process.stderr.columns || 100)) as unknown as Argv<CommonArgs>,
-    )
-    .fail((msg, err) => {
-      throw err instanceof SbkError ? err : new SbkError(msg || err?.message || 'bad usage', ExitCode.usage);
-    });
+  const parser = (await buildParser(spec, argv)).fail((msg, err) => {
+    throw err instanceof SbkError ? err : new SbkError(msg || err?.message || 'bad usage', ExitCode.usage);
+  });
   try {
     args = (await parser.parseAsync()) as typeof args;
   } catch (err) {
@@ -108,6 +156,15 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
 
   const verbosity: Verbosity = args.quiet ? 0 : args.verbose ? 2 : 1;
   log.verbosity = verbosity;
+  // If the event loop drains while run() is still pending (an await that can never settle),
+  // Node would exit with status 0 half-way: never report that as a success.
+  let settled = false;
+  const unsettled = () => {
+    if (settled) return;
+    log.error('internal error (a bug: please report it): stopped before the work was done');
+    process.exitCode = ExitCode.bug;
+  };
+  process.once('beforeExit', unsettled);
   try {
     const dirs = resolveDirs({ lxcDir: args.lxcDir, backupDir: args.backupDir });
     const code = await spec.run(args, { log, dirs, signal: controller.signal });
@@ -142,6 +199,8 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
       }
     }
   } finally {
+    settled = true;
+    process.off('beforeExit', unsettled);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
@@ -190,4 +249,27 @@ export function parseWait(v: string | undefined): number | undefined {
   const n = Number(v);
   if (!Number.isFinite(n) || n < 0) throw new SbkError(`--wait takes a number of seconds, not '${v}'`, ExitCode.usage);
   return n;
+}
+
+/** `--progress` / `--no-progress` of the long stages (sbk-send, sbk-pack, sbk-unpack). */
+export const PROGRESS_OPTION = {
+  type: 'boolean',
+  describe:
+    'progress on stderr: a status line redrawn in place when stderr is a terminal and this is the last stage of the pipe (the default there), else one line per volume or archive; --no-progress: none',
+} as const;
+
+/**
+ * The progress reporter of a stage, by the rule of sbk(7) PERFORMANCE: never with -q or
+ * --no-progress; a redrawn status line only on a terminal and only in the last stage of a pipe
+ * (`last`: stdout is not a pipe, unless the caller knows better); else one line per task with
+ * --progress.
+ */
+export async function makeProgress(ctx: Context, flag: boolean | undefined, opts: { last?: boolean } = {}) {
+  const { Progress, chooseProgressMode, stdoutIsPipe } = await import('../lib/progress.js');
+  const stderrIsTTY = process.stderr.isTTY === true;
+  const mode = chooseProgressMode({ flag, quiet: ctx.log.verbosity === 0, stderrIsTTY, last: opts.last ?? !stdoutIsPipe() });
+  const progress = new Progress({ prog: ctx.log.prog, mode, clearFirst: stderrIsTTY });
+  // However the run ends, no half-drawn status line is left behind.
+  if (progress.enabled) process.once('exit', () => progress.close());
+  return progress;
 }

@@ -1,11 +1,14 @@
 // sbk-pack: the tar stream of sbk-send in, gzip archives stored atomically (or -o FILE / -o -).
-import { runCli, refuseBinaryToTerminal, writeOut } from './common.js';
+import { runCli, refuseBinaryToTerminal, writeOut, makeProgress, PROGRESS_OPTION } from './common.js';
 import { SbkError, ExitCode } from '../lib/errors.js';
+import type { Meter } from '../lib/progress.js';
 
 interface PackArgs {
   output?: string;
+  store?: string;
   level: number;
   threads?: number;
+  progress?: boolean;
 }
 
 export function main(argv: string[]): Promise<void> {
@@ -13,7 +16,7 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-pack',
       usage:
-        '$0 [options] < backups.tar\n\nCompresses each sbk archive of the input, checks it against its trailer, and stores it as <backup-dir>/<c>_<time>[_Full].tar.gz (temp name, fsync, rename), with the changelog sidecar; then marks its snapshot set as a valid parent. Prints each stored path.',
+        '$0 [options] < backups.tar\n$0 --store DIR < backups.tar.gz\n\nCompresses each sbk archive of the input, checks it against its trailer, and stores it as <backup-dir>/<c>_<time>[_Full].tar.gz (temp name, fsync, rename), with the changelog sidecar; then marks its snapshot set as a valid parent. Prints each stored path.\nWith --store DIR (the receiving end of a remote backup): stores the archives of `sbk-pack -o -` (kept byte for byte) or of sbk-send in DIR, confirms nothing, and prints one receipt per stored archive (NDJSON) for sbk-snap --confirm.',
       options: (y) =>
         y
           .option('output', {
@@ -21,8 +24,18 @@ export function main(argv: string[]): Promise<void> {
             type: 'string',
             describe: 'write the one archive to FILE, or all archives to stdout with -o - (no confirmation)',
           })
+          .option('store', {
+            type: 'string',
+            describe: 'store the archives of sbk-pack -o - (or sbk-send) in DIR and print a receipt for each (needs no BTRFS, no root)',
+          })
+          .conflicts('store', 'output')
           .option('level', { alias: 'l', type: 'number', default: 6, describe: 'gzip level 1..9' })
-          .option('threads', { alias: 'T', type: 'number', describe: 'compression threads (default: number of cores)' })
+          .option('threads', {
+            alias: 'T',
+            type: 'number',
+            describe: 'compression threads (default: cores + 1, at most UV_THREADPOOL_SIZE - 1; bin/sbk-pack sets that to cores + 3)',
+          })
+          .option('progress', PROGRESS_OPTION)
           .check((a) => {
             if (!Number.isInteger(a.level) || a.level < 1 || a.level > 9) throw new Error('--level takes 1..9');
             if (a.threads !== undefined && (!Number.isInteger(a.threads) || a.threads < 1 || a.threads > 256))
@@ -30,10 +43,57 @@ export function main(argv: string[]): Promise<void> {
             return true;
           }),
       run: async (args, ctx) => {
-        const [{ packArchives }, { createGzipCompressor }] = await Promise.all([
+        const [{ packArchives, storeArchives, receiptFor }, { createGzipCompressor }] = await Promise.all([
           import('../lib/store.js'),
           import('../lib/compression.js'),
         ]);
+        // Progress per archive: bytes in and out, ratio, rate (read from the compressor's counters).
+        const progress = await makeProgress(ctx, args.progress);
+        const meters = new Map<string, Meter>();
+        const compressor = (level: number, threads?: number, m?: { name: string }) => {
+          const gz = createGzipCompressor({ level, threads });
+          if (progress.enabled && m) {
+            const meter = progress.start(m.name);
+            meter.out = 0;
+            meter.sample = () => {
+              meter.bytes = gz.bytesIn;
+              meter.out = gz.bytesOut;
+            };
+            meters.set(m.name, meter);
+          }
+          return gz;
+        };
+        const finishMeter = (name: string) => {
+          const meter = meters.get(name);
+          meters.delete(name);
+          if (meter) progress.finish(meter);
+        };
+        if (args.store !== undefined) {
+          if (args.store === '') throw new SbkError('--store needs a directory', ExitCode.usage);
+          if (process.stdin.isTTY)
+            throw new SbkError('stdin is a terminal: pipe the output of sbk-pack -o - into sbk-pack --store', ExitCode.usage);
+          const { resolve } = await import('node:path');
+          const { mkdir } = await import('node:fs/promises');
+          const { formatReceipt } = await import('../lib/receipts.js');
+          const dir = resolve(args.store);
+          await mkdir(dir, { recursive: true });
+          const stored = await storeArchives(process.stdin, {
+            dir,
+            level: args.level,
+            threads: args.threads,
+            log: ctx.log,
+            signal: ctx.signal,
+            compressor,
+            // The receipt goes out only once the archive is under its final name, fsynced.
+            onStored: (a) => {
+              finishMeter(a.name);
+              return writeOut(formatReceipt(receiptFor(a)));
+            },
+          }).finally(() => {
+          });
+          if (stored.length === 0) throw new SbkError('the input held no archive', ExitCode.badInput);
+          return;
+        }
         const target =
           args.output === '-'
             ? ({ kind: 'stdout' } as const)
@@ -47,19 +107,26 @@ export function main(argv: string[]): Promise<void> {
           const { mkdir } = await import('node:fs/promises');
           await mkdir(ctx.dirs.backupDir, { recursive: true });
         }
+        let pruneFailed = false;
         const stored = await packArchives(process.stdin, {
+          onPruneError: () => {
+            pruneFailed = true;
+          },
           target,
           level: args.level,
           threads: args.threads,
           log: ctx.log,
           signal: ctx.signal,
-          compressor: (level, threads) => createGzipCompressor({ level, threads }),
+          compressor,
           onStored: async (a) => {
-            ctx.log.verbose(`${a.name}: stored ${a.path} (${a.size} bytes, sha256 ${a.sha256})`);
+            finishMeter(a.name);
+            ctx.log.verbose(`${a.name}: ${a.path === '-' ? 'written to stdout' : `stored ${a.path}`} (${a.size} bytes, sha256 ${a.sha256})`);
             if (target.kind !== 'stdout') await writeOut(a.path + '\n');
           },
         });
         if (stored.length === 0) throw new SbkError('the input held no archive', ExitCode.badInput);
+        // Every archive is stored and confirmed; only removing old snapshot sets failed.
+        if (pruneFailed) return ExitCode.failure;
       },
     },
     argv,

@@ -1,7 +1,7 @@
 // sbk-plan: a container name in, the archives that restore one of its backups out (one path per
 // line, oldest first: the input of sbk-unpack). --list shows every backup and its chain.
 import path from 'node:path';
-import { runCli, writeOut } from './common.js';
+import { runCli, writeOut, WAIT_OPTION, parseWait, type Context } from './common.js';
 import { SbkError, ExitCode } from '../lib/errors.js';
 
 interface PlanArgs {
@@ -9,6 +9,73 @@ interface PlanArgs {
   dir?: string;
   list?: boolean;
   json?: boolean;
+  prune?: boolean;
+  keepLast?: number;
+  keepDaily?: number;
+  keepWeekly?: number;
+  keepMonthly?: number;
+  delete?: boolean;
+  wait?: string;
+}
+
+/**
+ * --prune: the archives (and changelog sidecars) a --keep-* policy lets go, one path per line in
+ * a safe deletion order; with --delete they are removed, under the container's lock of DIR.
+ */
+async function prune(container: string, dir: string, args: PlanArgs, ctx: Context): Promise<void> {
+  const { scanStore } = await import('../lib/chain.js');
+  const { planPrune, filesOf } = await import('../lib/retention.js');
+  const { formatTime } = await import('../lib/layout.js');
+  const policy = { last: args.keepLast, daily: args.keepDaily, weekly: args.keepWeekly, monthly: args.keepMonthly };
+  const work = async () => {
+    const all = await scanStore(dir, container, { warn: (m) => ctx.log.warn(m) });
+    if (!all.some((a) => a.container === container)) throw new SbkError(`no backup of ${container} in ${dir}`, ExitCode.notFound);
+    const plan = planPrune(all, container, policy);
+    for (const d of plan.unrestorable)
+      ctx.log.warn(`${d.archive.name} cannot be restored (${d.reasons[0]!.replace(/^not restorable: /, '')}); kept, with the archives it may need`);
+    for (const d of plan.decisions)
+      ctx.log.verbose(`${d.keep ? 'keep' : 'remove'} ${d.archive.name}${d.keep ? ` (${d.reasons.join('; ')})` : ''}`);
+    if (args.json) {
+      for (const d of plan.decisions) {
+        const a = d.archive;
+        await writeOut(
+          JSON.stringify({
+            name: a.name,
+            time: a.time,
+            date: formatTime(a.time),
+            kind: a.full ? 'full' : 'incremental',
+            action: d.keep ? 'keep' : 'remove',
+            reasons: d.reasons,
+            files: d.keep ? [a.path] : await filesOf(a),
+          }) + '\n',
+        );
+      }
+    }
+    if (!args.delete) {
+      if (!args.json) for (const a of plan.remove) for (const f of await filesOf(a)) await writeOut(f + '\n');
+      return;
+    }
+    const { unlink } = await import('node:fs/promises');
+    const { fsyncDir } = await import('../lib/atomic.js');
+    // Newest first: an incremental goes before its parent, so a prune cut short never leaves an
+    // incremental without its chain. Removed paths are printed as they go.
+    for (const a of plan.remove) {
+      ctx.signal.throwIfAborted();
+      for (const f of await filesOf(a)) {
+        await unlink(f).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        });
+        if (!args.json) await writeOut(f + '\n');
+      }
+      ctx.log.verbose(`removed ${a.name}`);
+    }
+    if (plan.remove.length) await fsyncDir(dir);
+    ctx.log.info(`${container}: removed ${plan.remove.length} backup${plan.remove.length === 1 ? '' : 's'}, kept ${plan.decisions.length - plan.remove.length}`);
+  };
+  if (!args.delete) return work();
+  const { withLock, backupLockFile } = await import('../lib/lock.js');
+  // The same lock sbk-pack takes to store into DIR: nothing is stored while the plan is made and carried out.
+  await withLock(backupLockFile(dir, container), { holder: `sbk-plan --prune --delete ${container}`, wait: parseWait(args.wait), signal: ctx.signal }, work);
 }
 
 const human = (n: number) =>
@@ -19,14 +86,37 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-plan',
       usage:
-        '$0 CONTAINER [--at TIME] [--dir DIR]\n$0 CONTAINER --list [--json]\n\nPrints the archives that restore the newest backup of CONTAINER at or before TIME (default: the latest), one path per line, the Full first: pipe them into sbk-unpack. Archives are linked by the parent their manifests record.',
+        '$0 CONTAINER [--at TIME] [--dir DIR]\n$0 CONTAINER --list [--json]\n$0 CONTAINER --prune --keep-last N|--keep-daily N|--keep-weekly N|--keep-monthly N [--delete]\n\nPrints the archives that restore the newest backup of CONTAINER at or before TIME (default: the latest), one path per line, the Full first: pipe them into sbk-unpack. Archives are linked by the parent their manifests record.\nWith --prune: prints the archives (and changelog sidecars) that the --keep-* policy lets go, never one that a kept backup\'s chain needs; --delete removes them.',
       options: (y) =>
         y
           .option('at', { type: 'string', describe: 'restore point: unix seconds or ISO 8601 (2024-05-01T12:00:00Z; no zone = local time)' })
           .option('dir', { alias: 'd', type: 'string', describe: 'read archives from DIR (default: the backup dir)' })
           .option('list', { alias: 'l', type: 'boolean', describe: 'list every backup of CONTAINER with its chain state' })
-          .option('json', { type: 'boolean', describe: 'NDJSON output, one object per line' }),
-      brokenPipeIsOk: true,
+          .option('json', { type: 'boolean', describe: 'NDJSON output, one object per line' })
+          .option('prune', { type: 'boolean', describe: 'print the archives the --keep-* policy lets go (never one a kept chain needs)' })
+          .option('keep-last', { type: 'number', describe: 'with --prune: keep the N newest backups' })
+          .option('keep-daily', { type: 'number', describe: 'with --prune: keep the newest backup of each of the last N days that have one' })
+          .option('keep-weekly', { type: 'number', describe: 'with --prune: the same per ISO week' })
+          .option('keep-monthly', { type: 'number', describe: 'with --prune: the same per month' })
+          .option('delete', { type: 'boolean', describe: 'with --prune: remove them (under the container lock)' })
+          .option('wait', WAIT_OPTION)
+          .conflicts('prune', ['at', 'list'])
+          .check((a) => {
+            const keeps = ['keepLast', 'keepDaily', 'keepWeekly', 'keepMonthly'] as const;
+            for (const k of keeps) {
+              const v = a[k] as number | undefined;
+              if (v === undefined) continue;
+              const flag = '--' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+              if (!a.prune) throw new Error(`${flag} goes with --prune`);
+              if (!Number.isInteger(v) || v < 0) throw new Error(`${flag} takes a whole number from 0`);
+            }
+            if (a.delete && !a.prune) throw new Error('--delete goes with --prune');
+            if (a.prune && keeps.every((k) => !(((a[k] as number | undefined) ?? 0) > 0)))
+              throw new Error('--prune needs a policy: --keep-last, --keep-daily, --keep-weekly or --keep-monthly (at least one above 0)');
+            return true;
+          }),
+      // A listing read by `| head` is fine; a --delete cut short by a vanished reader is not.
+      brokenPipeIsOk: !argv.includes('--delete'),
       run: async (args, ctx) => {
         const { scanStore, planRestore, parseAtTime, listRows } = await import('../lib/chain.js');
         const { checkContainerName } = await import('../lib/layout.js');
@@ -37,6 +127,7 @@ export function main(argv: string[]): Promise<void> {
         if (args.list && args.at !== undefined) throw new SbkError('--at and --list do not go together', ExitCode.usage);
         const at = args.at === undefined ? undefined : parseAtTime(args.at);
         const dir = path.resolve(args.dir ?? ctx.dirs.backupDir);
+        if (args.prune) return prune(container, dir, args, ctx);
         const all = await scanStore(dir, container, { warn: (m) => ctx.log.warn(m) });
 
         if (args.list) {

@@ -1,9 +1,11 @@
 // sbk-send: backup records in, an uncompressed tar stream of the deltas out (one complete tar
 // per backup, concatenated: `tar tvi` lists them all).
-import { runCli, refuseBinaryToTerminal, toolVersion } from './common.js';
+import { runCli, refuseBinaryToTerminal, toolVersion, makeProgress, PROGRESS_OPTION } from './common.js';
+import type { Meter } from '../lib/progress.js';
 
 interface SendArgs {
   partSize?: number;
+  progress?: boolean;
 }
 
 export function main(argv: string[]): Promise<void> {
@@ -12,41 +14,78 @@ export function main(argv: string[]): Promise<void> {
       name: 'sbk-send',
       usage: '$0 [options] < records.ndjson > backups.tar\n\nReads backup records (sbk-snap or sbk-changelog output) and writes, for each, an sbk archive as an uncompressed tar stream: manifest, meta files, changelog, every volume\'s btrfs send stream, trailer with checksums. Pipe it into sbk-pack.',
       options: (y) =>
-        y.option('part-size', {
-          type: 'number',
-          describe: 'bytes per delta part (memory per stage); default 8 MiB',
-          hidden: true,
-        }),
+        y
+          .option('progress', PROGRESS_OPTION)
+          .option('part-size', {
+            type: 'number',
+            describe: 'bytes per delta part (memory per stage); default 8 MiB',
+            hidden: true,
+          }),
       run: async (args, ctx) => {
         refuseBinaryToTerminal('sbk-send', 'a tar stream');
-        const [{ default: tar }, { readRecords }, { writeBackupArchive }, { pipeline }] = await Promise.all([
+        const [{ default: tar }, { readRecords }, { writeBackupArchive, estimateSendSize }, { pipeline }] = await Promise.all([
           import('tar-stream'),
           import('../lib/record.js'),
           import('../lib/send.js'),
           import('node:stream/promises'),
         ]);
         const version = toolVersion();
-        for await (const record of readRecords(process.stdin)) {
-          ctx.signal.throwIfAborted();
-          const pack = tar.pack();
-          const piping = pipeline(pack, process.stdout, { end: false, signal: ctx.signal });
-          piping.catch(() => {}); // handled where awaited; the framing may fail first
-          try {
-            await writeBackupArchive(pack, record, {
-              log: ctx.log,
-              signal: ctx.signal,
-              partSize: args.partSize,
-              toolVersion: version,
-            });
-            pack.finalize();
-            await piping;
-          } catch (err) {
-            // No trailer was written: downstream sees an incomplete archive and stores nothing.
-            pack.destroy(err as Error);
-            await piping.catch(() => {});
-            throw err;
+        // Per volume: bytes, rate, elapsed; on a terminal also the estimated size of the stream.
+        const progress = await makeProgress(ctx, args.progress);
+        let meter: Meter | undefined;
+        let estimating: AbortController | undefined;
+        const hooks = progress.enabled
+          ? {
+              onProgress: (_volume: string, n: number) => {
+                meter!.bytes += n;
+              },
+              onVolume: (e: { phase: 'start' | 'end'; record: { name: string }; volume: string; snapshot: string; parent?: string }) => {
+                if (e.phase === 'start') {
+                  const m = (meter = progress.start(`${e.record.name} ${e.volume}`));
+                  if (progress.mode === 'draw') {
+                    estimating = new AbortController();
+                    estimateSendSize(e.snapshot, { parent: e.parent, signal: AbortSignal.any([ctx.signal, estimating.signal]) }).then(
+                      (n) => {
+                        m.total = n;
+                        m.estimate = true;
+                      },
+                      () => {}, // no estimate: the line shows no total
+                    );
+                  }
+                } else {
+                  estimating?.abort();
+                  progress.finish(meter!);
+                }
+              },
+            }
+          : {};
+        try {
+          for await (const record of readRecords(process.stdin)) {
+            ctx.signal.throwIfAborted();
+            const pack = tar.pack();
+            const piping = pipeline(pack, process.stdout, { end: false, signal: ctx.signal });
+            piping.catch(() => {}); // handled where awaited; the framing may fail first
+            try {
+              await writeBackupArchive(pack, record, {
+                log: ctx.log,
+                signal: ctx.signal,
+                partSize: args.partSize,
+                toolVersion: version,
+                ...hooks,
+              });
+              pack.finalize();
+              await piping;
+            } catch (err) {
+              // No trailer was written: downstream sees an incomplete archive and stores nothing.
+              pack.destroy(err as Error);
+              await piping.catch(() => {});
+              throw err;
+            }
+            ctx.log.verbose(`${record.name}: sent`);
           }
-          ctx.log.verbose(`${record.name}: sent`);
+        } finally {
+          estimating?.abort();
+          progress.close();
         }
       },
     },

@@ -2,15 +2,18 @@
 // restored container out, at <lxc-dir>/<name>. --verify checks archives without restoring.
 import path from 'node:path';
 import { stat } from 'node:fs/promises';
-import { runCli, WAIT_OPTION, parseWait } from './common.js';
+import type { Readable } from 'node:stream';
+import { runCli, WAIT_OPTION, parseWait, makeProgress, PROGRESS_OPTION } from './common.js';
 import { SbkError, ExitCode } from '../lib/errors.js';
-import type { RestoreInput } from '../lib/restore.js';
+import type { RestoreInput, RestoreProgress } from '../lib/restore.js';
+import type { Meter, Progress } from '../lib/progress.js';
 
 interface UnpackArgs {
   as?: string;
   force?: boolean;
   verify?: boolean;
   wait?: string;
+  progress?: boolean;
 }
 
 const MAX_LIST = 1024 * 1024;
@@ -25,7 +28,7 @@ async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
     const st = await stat(abs).catch(() => undefined);
     if (!st) throw new SbkError(`${p}: no such archive`, ExitCode.notFound);
     if (!st.isFile()) throw new SbkError(`${p} is not a regular file`, ExitCode.badInput);
-    inputs.push({ source: abs, open: () => openArchiveFile(abs), nameInfo: parseArchiveName(abs) });
+    inputs.push({ source: abs, open: () => openArchiveFile(abs), nameInfo: parseArchiveName(abs), size: st.size });
   }
   return inputs;
 }
@@ -59,6 +62,31 @@ async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }
   return { inputs: await fileInputs(paths), files: true };
 }
 
+/** Per volume: bytes, rate, elapsed, and for an archive file how far through it the read is. */
+function restoreProgress(progress: Progress, formatBytes: (n: number) => string): RestoreProgress {
+  let meter: Meter | undefined;
+  return {
+    volume(archive, volume, input, tarStream) {
+      const m = (meter = progress.start(`${archive} ${volume}`));
+      const size = input.size;
+      // A gzip archive's stream is the gunzip one: bytesWritten is the compressed bytes consumed.
+      const s = tarStream as Readable & { bytesWritten?: number; bytesRead?: number };
+      if (size)
+        m.extra = () => {
+          const at = s.bytesWritten ?? s.bytesRead;
+          return at === undefined ? undefined : `archive ${Math.min(100, Math.floor((100 * at) / size))}% of ${formatBytes(size)}`;
+        };
+    },
+    add(n) {
+      meter!.bytes += n;
+    },
+    end() {
+      if (meter) progress.finish(meter);
+      meter = undefined;
+    },
+  };
+}
+
 export function main(argv: string[]): Promise<void> {
   return runCli<UnpackArgs>(
     {
@@ -71,18 +99,22 @@ export function main(argv: string[]): Promise<void> {
           .option('force', { alias: 'f', type: 'boolean', describe: 'replace an existing container, once the new one is complete' })
           .option('wait', WAIT_OPTION)
           .option('verify', { type: 'boolean', describe: 'check archives fully (gzip, tar, sha256, send streams); restore nothing, needs no root' })
+          .option('progress', PROGRESS_OPTION)
           .conflicts('verify', ['as', 'force']),
       run: async (args, ctx) => {
         const { restoreChain, verifyInputs, precheckFiles } = await import('../lib/restore.js');
         const { checkContainerName } = await import('../lib/layout.js');
         if (args.as !== undefined) checkContainerName(args.as, '--as name');
+        // sbk-unpack is the end of its pipe (it writes no data to stdout): it may draw.
+        const shown = await makeProgress(ctx, args.progress, { last: true });
+        const progress = shown.enabled ? restoreProgress(shown, (await import('../lib/progress.js')).formatBytes) : undefined;
         const positional = args._.map(String);
         try {
           const { inputs, files } = positional.length
             ? { inputs: await fileInputs(positional), files: true }
             : await stdinInputs();
           if (args.verify) {
-            await verifyInputs(inputs, { log: ctx.log, signal: ctx.signal });
+            await verifyInputs(inputs, { log: ctx.log, signal: ctx.signal, progress });
             return;
           }
           if (files) await precheckFiles(inputs, args.as);
@@ -93,8 +125,10 @@ export function main(argv: string[]): Promise<void> {
             force: args.force,
             log: ctx.log,
             signal: ctx.signal,
+            progress,
           });
         } finally {
+          shown.close();
           // A failed or interrupted run may leave a read of stdin pending (a writer that keeps
           // the pipe open): close it, or the process would wait for that writer to finish.
           if (!positional.length) process.stdin.destroy();

@@ -109,6 +109,11 @@ class ParallelGzip extends Duplex {
   private readBlocked = false;
   private lastSent = false; // the Z_FINISH block (and the trailer after it) are queued
 
+  /** Bytes written in so far (for progress; read them, never written per chunk by callers). */
+  bytesIn = 0;
+  /** Bytes of gzip output pushed so far. */
+  bytesOut = 0;
+
   constructor(opts: GzipOptions) {
     const blockSize = intOption('blockSize', opts.blockSize, DEFAULT_BLOCK_SIZE, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE);
     // The readable buffer may hold about one block's output before input stops being taken.
@@ -118,10 +123,13 @@ class ParallelGzip extends Duplex {
     this.blockSize = blockSize;
     this.outChunk = blockSize + (blockSize >>> 9) + 4 * KiB;
     this.block = Buffer.allocUnsafe(blockSize);
-    this.push(gzipHeader(this.level));
+    const header = gzipHeader(this.level);
+    this.bytesOut += header.length;
+    this.push(header);
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.bytesIn += chunk.length;
     this.rest = chunk;
     this.writeCb = cb;
     this.pump();
@@ -226,7 +234,9 @@ class ParallelGzip extends Duplex {
   /** Pushes finished blocks in input order, then lets more input in. */
   private drain(): void {
     while (this.queue.length && this.queue[0]!.done) {
-      if (!this.push(this.queue.shift()!.out)) this.readBlocked = true;
+      const out = this.queue.shift()!.out!;
+      this.bytesOut += out.length;
+      if (!this.push(out)) this.readBlocked = true;
       if (this.queue.length === 0 && this.lastSent && this.finalCb) {
         // The trailer went out: the gzip member is complete.
         this.push(null);
@@ -240,8 +250,14 @@ class ParallelGzip extends Duplex {
   }
 }
 
+/** The compressor's counters, for progress. */
+export interface GzipCounters {
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+}
+
 /** A Duplex that gzips what is written to it, using several cores; output is one gzip member. */
-export function createGzipCompressor(opts: GzipOptions = {}): Duplex {
+export function createGzipCompressor(opts: GzipOptions = {}): Duplex & GzipCounters {
   return new ParallelGzip(opts);
 }
 

@@ -37,6 +37,18 @@ export interface RestoreInput {
   open(): Promise<Readable>;
   /** From the file name: the only name and kind an original Subutai archive has. */
   nameInfo?: ParsedArchiveName;
+  /** Size of the archive file, when known (for progress). */
+  size?: number;
+}
+
+/** Progress of the volumes' send streams as they are received or checked. */
+export interface RestoreProgress {
+  /** A volume's stream starts: the archive, the volume, and the tar stream it is read from. */
+  volume(archive: string, volume: string, input: RestoreInput, tarStream: Readable): void;
+  /** Bytes of the current volume's stream passed on (called per chunk: keep it cheap). */
+  add(n: number): void;
+  /** The current volume's stream is complete. */
+  end(): void;
 }
 
 export interface RestoreOptions {
@@ -49,6 +61,7 @@ export interface RestoreOptions {
   lockWait?: number;
   log: Log;
   signal: AbortSignal;
+  progress?: RestoreProgress;
 }
 
 export interface RestoreResult {
@@ -283,6 +296,9 @@ export class Restore {
   private metaDirs: MetaDir[] = [];
   private count = 0;
   private first?: ArchiveId;
+  /** The input being read and its tar stream (for progress). */
+  private input?: RestoreInput;
+  private tarStream?: Readable;
   private readonly internal = new AbortController();
   private readonly signal: AbortSignal;
   private readonly isRoot = process.getuid?.() === 0;
@@ -297,6 +313,8 @@ export class Restore {
       for (const input of inputs) {
         this.signal.throwIfAborted();
         const tarStream = await input.open();
+        this.input = input;
+        this.tarStream = tarStream;
         // A signal must also stop a read that waits for input (a slow ssh pipe).
         const onAbort = () => tarStream.destroy(this.signal.reason as Error);
         this.signal.addEventListener('abort', onAbort, { once: true });
@@ -451,12 +469,15 @@ export class Restore {
       const rec: Receiving = { volume, entry: e.name, dir, stdin: r.stdin, done: r.done };
       rec.check = sendStreamCheck(() => `${cur.id.name}: ${rec.entry}`);
       this.receiving = rec;
+      this.opts.progress?.volume(cur.id.name, volume, this.input!, this.tarStream!);
     }
     const rec = this.receiving;
     rec.entry = e.name;
+    const progress = this.opts.progress;
     try {
       for await (const chunk of e.body) {
         rec.check?.update(chunk);
+        progress?.add(chunk.length);
         if (!rec.stdin.write(chunk)) await drained(rec.stdin);
       }
     } catch (err) {
@@ -475,6 +496,7 @@ export class Restore {
     rec.stdin.end();
     await rec.done;
     this.receiving = undefined;
+    this.opts.progress?.end();
     const made = await readdir(rec.dir);
     const sub = made.length === 1 ? path.join(rec.dir, made[0]!) : undefined;
     if (!sub || !(await isSubvolume(sub)))
@@ -614,6 +636,7 @@ export function restoreChain(inputs: RestoreInput[], opts: RestoreOptions): Prom
 export interface VerifyOptions {
   log: Log;
   signal: AbortSignal;
+  progress?: RestoreProgress;
 }
 
 /**
@@ -623,7 +646,7 @@ export interface VerifyOptions {
  * input its error is thrown, with several each is reported and a summary thrown.
  */
 export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions): Promise<number> {
-  const { log, signal } = opts;
+  const { log, signal, progress } = opts;
   let good = 0;
   let firstError: SbkError | undefined;
   let failed = 0;
@@ -643,6 +666,7 @@ export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions):
       let legacy = false;
       const endVolume = () => {
         check?.end();
+        if (volume !== undefined) progress?.end();
         check = undefined;
         volume = undefined;
       };
@@ -666,10 +690,12 @@ export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions):
               volume = e.volume;
               volumes++;
               check = sendStreamCheck(() => `${name}: ${entryName}`);
+              progress?.volume(name, e.volume!, input, tarStream);
             }
             entryName = e.name;
             for await (const c of e.body) {
               check?.update(c);
+              progress?.add(c.length);
               bytes += c.length;
             }
           } else if (e.role === 'trailer') {

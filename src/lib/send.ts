@@ -54,7 +54,10 @@ export interface SendOptions {
   signal?: AbortSignal;
   partSize?: number;
   toolVersion: string;
+  /** Bytes of a volume's send stream framed (called per chunk: keep it cheap). */
   onProgress?: (volume: string, bytes: number) => void;
+  /** A volume's send starts (before any onProgress of it) or has ended. */
+  onVolume?: (e: { phase: 'start' | 'end'; record: BackupRecord; volume: string; snapshot: string; parent?: string }) => void;
 }
 
 /** Writes one backup's archive into `pack` (the caller finalizes the pack). */
@@ -99,16 +102,86 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
       const parent = parentOf(v.name);
       log.verbose(`${record.name}: sending ${v.name}${parent ? ` against ${parent}` : ' whole'}`);
       const s = send(v.snapshot, { parent, signal });
+      opts.onVolume?.({ phase: 'start', record, volume: v.name, snapshot: v.snapshot, parent });
       // A failing send is reported by `done`; the delta must not be taken as complete before it.
-      const framing = w.addDelta(v.name, s.stdout, (n) => opts.onProgress?.(v.name, n));
+      const onProgress = opts.onProgress;
+      const framing = w.addDelta(v.name, s.stdout, onProgress && ((n) => onProgress(v.name, n)));
       await Promise.all([framing, s.done]).catch(async (err) => {
         s.stdout.destroy();
         await s.done.catch(() => {});
         throw err;
       });
+      opts.onVolume?.({ phase: 'end', record, volume: v.name, snapshot: v.snapshot, parent });
     }
     await w.finish();
   } finally {
     await changelog?.close();
+  }
+}
+
+/**
+ * The size a volume's send stream will have, estimated from a metadata-only send
+ * (`btrfs send --no-data`, which lists every write as an UPDATE_EXTENT with its length and costs
+ * a fraction of the real send): the stream's own bytes plus the data and the headers of the
+ * WRITE commands that will carry it. Used for progress only.
+ */
+export async function estimateSendSize(snapshot: string, opts: { parent?: string; signal?: AbortSignal } = {}): Promise<number> {
+  const s = send(snapshot, { parent: opts.parent, noData: true, signal: opts.signal });
+  const est = new SendSizeEstimator();
+  try {
+    for await (const chunk of s.stdout as AsyncIterable<Buffer>) est.write(chunk);
+    await s.done;
+  } catch (err) {
+    s.stdout.destroy();
+    await s.done.catch(() => {});
+    throw err;
+  }
+  return est.estimate();
+}
+
+/** The arithmetic of estimateSendSize over a `--no-data` stream (exported for tests). */
+export class SendSizeEstimator {
+  private buf: Buffer = Buffer.alloc(0);
+  private headerSeen = false;
+  private streamBytes = 0;
+  private updateBytes = 0; // UPDATE_EXTENT commands, replaced by WRITEs in the real stream
+  private dataBytes = 0;
+  private writeOverhead = 0;
+
+  write(chunk: Buffer): void {
+    this.streamBytes += chunk.length;
+    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    let pos = 0;
+    if (!this.headerSeen) {
+      if (this.buf.length < 17) return;
+      this.headerSeen = true;
+      pos = 17; // "btrfs-stream\0" + le32 version
+    }
+    // Commands: le32 length of the attributes, le16 type, le32 crc, then TLVs (le16, le16, value).
+    while (this.buf.length - pos >= 10) {
+      const len = this.buf.readUInt32LE(pos);
+      if (this.buf.length - pos < 10 + len) break;
+      if (this.buf.readUInt16LE(pos + 4) === 22 /* UPDATE_EXTENT */) {
+        let size = 0;
+        let pathLen = 0;
+        for (let a = pos + 10; a + 4 <= pos + 10 + len; ) {
+          const type = this.buf.readUInt16LE(a);
+          const l = this.buf.readUInt16LE(a + 2);
+          if (type === 4 /* SIZE */ && l === 8) size = Number(this.buf.readBigUInt64LE(a + 4));
+          else if (type === 15 /* PATH */) pathLen = l;
+          a += 4 + l;
+        }
+        this.updateBytes += 10 + len;
+        this.dataBytes += size;
+        // The kernel writes at most 48 KiB per WRITE: header, path, offset and data TLV each time.
+        this.writeOverhead += Math.ceil(size / (48 * 1024)) * (10 + 4 + pathLen + 12 + 4);
+      }
+      pos += 10 + len;
+    }
+    this.buf = this.buf.subarray(pos);
+  }
+
+  estimate(): number {
+    return this.streamBytes - this.updateBytes + this.dataBytes + this.writeOverhead;
   }
 }

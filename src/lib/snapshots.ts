@@ -4,12 +4,14 @@
 // is stored (the CONFIRMED_MARKER file), so a backup that failed anywhere in the pipe is never
 // a parent.
 import { mkdir, readdir, rename, rm, readFile, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { SbkError, ExitCode } from './errors.js';
 import {
   CONFIRMED_MARKER,
   backupName,
   checkContainerName,
+  isValidVolumeName,
   parseSetDirName,
   setDirName,
   type Dirs,
@@ -65,7 +67,16 @@ export async function containerVolumes(dirs: Dirs, container: string): Promise<C
   const containerDir = path.join(dirs.lxcDir, container);
   const cfg = await readContainerConfig(containerDir);
   const { volumes, skipped } = configVolumes(cfg, containerDir);
-  for (const v of volumes) await requireSubvolume(v.source, `volume ${v.name} of ${container}:`);
+  for (const v of volumes) {
+    // Volume names become archive entry names (`<volume>.delta`): refuse what the format cannot hold
+    // here, before any snapshot is made, rather than at sbk-send.
+    if (!isValidVolumeName(v.name))
+      throw new SbkError(
+        `volume '${v.name}' of ${container} has a name sbk cannot archive (letters, digits and _ . + - only; not 'meta')`,
+        ExitCode.badInput,
+      );
+    await requireSubvolume(v.source, `volume ${v.name} of ${container}:`);
+  }
   return { container, containerDir, volumes, skipped };
 }
 
@@ -190,6 +201,10 @@ export interface SnapOptions {
   signal?: AbortSignal;
   /** Seconds to wait for another run holding the container's lock (undefined: fail at once). */
   lockWait?: number;
+  /** --max-chain: in auto mode, make a Full once the parent's chain holds this many incrementals. */
+  maxChain?: number;
+  /** --keep-snapshots: recorded in the set's run file, applied when the set is confirmed. */
+  keepSnapshots?: number;
 }
 
 /** Makes one snapshot set and returns its record. On failure removes what it made. */
@@ -216,10 +231,27 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
   if (opts.mode === 'full') full = true;
   else if (previous) full = false;
   else if (opts.mode === 'incremental')
-    throw new SbkError(`${container}: no valid parent backup for an incremental (make a Full first)`, ExitCode.notFound);
+    throw new SbkError(`no valid parent backup for an incremental (make a Full first)`, ExitCode.notFound);
   else {
     full = true;
     log.info(`${container}: no valid parent backup, making a Full backup`);
+  }
+
+  // The chain length: Full 0, an incremental one more than its parent (recorded at confirmation).
+  let depth: number | null = 0;
+  if (!full && previous) {
+    const parentDepth = await chainDepth(dirs, container, previous.set);
+    depth = parentDepth === null ? null : parentDepth + 1;
+    if (opts.maxChain !== undefined && opts.mode === 'auto') {
+      if (depth === null) {
+        full = true;
+        log.info(`${container}: the chain length of ${previous.set.name} is not known; making a Full backup (--max-chain ${opts.maxChain})`);
+      } else if (depth > opts.maxChain) {
+        full = true;
+        log.info(`${container}: ${depth - 1} incrementals since the last Full (--max-chain ${opts.maxChain}); making a Full backup`);
+      }
+      if (full) depth = 0;
+    }
   }
 
   const time = await nextTime(dirs, container);
@@ -228,6 +260,18 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
   const finalDir = path.join(cdir, finalName);
   await mkdir(partialDir);
   try {
+    const run: SetRun = {
+      sbk: 'run',
+      pid: process.pid,
+      ppid: process.ppid,
+      host: hostname(),
+      started: new Date().toISOString(),
+      depth,
+      parent: full ? null : (previous?.set.set ?? null),
+      previous: previous?.set.set ?? null,
+      ...(opts.keepSnapshots !== undefined ? { keepSnapshots: opts.keepSnapshots } : {}),
+    };
+    await writeFileAtomic(path.join(partialDir, RUN_FILE), JSON.stringify(run) + '\n');
     const volumes: VolumeRecord[] = [];
     for (const v of cv.volumes) {
       signal?.throwIfAborted();
@@ -272,6 +316,11 @@ export interface Confirmation {
   size: number;
   sha256: string;
   stored: string;
+  /** Where the archive is kept when not in this backup dir (a receipt's host and path). */
+  host?: string;
+  path?: string;
+  /** Incrementals since the last Full in this backup's chain (0 for a Full; null: not known). */
+  depth?: number | null;
 }
 
 /** Marks a set as a valid parent: its archive is stored. */
@@ -285,4 +334,212 @@ export async function readConfirmation(set: string): Promise<Confirmation | unde
   } catch {
     return undefined;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs, confirmation and retention of snapshot sets
+
+/**
+ * The run file: written by sbk-snap into each set it makes, removed once the set is confirmed.
+ * It tells clean-up whether the pipeline that made the set may still be running (its shell, the
+ * parent of sbk-snap, is alive): such a set, and the sets it is sent against, are never removed.
+ * It also carries the chain length and the --keep-snapshots of the run to whoever confirms it.
+ */
+export const RUN_FILE = '.sbk-run';
+
+export interface SetRun {
+  sbk: 'run';
+  pid: number;
+  ppid: number;
+  host: string;
+  started: string;
+  depth: number | null;
+  /** The sets this one is sent against and diffed with (absolute paths). */
+  parent: string | null;
+  previous: string | null;
+  keepSnapshots?: number;
+}
+
+export async function readRun(set: string): Promise<SetRun | undefined> {
+  try {
+    const v = JSON.parse(await readFile(path.join(set, RUN_FILE), 'utf8')) as SetRun;
+    return v && v.sbk === 'run' ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** True while the pipeline that made the set may still be running. */
+function runAlive(run: SetRun | undefined): boolean {
+  if (!run || run.host !== hostname()) return false;
+  // A parent of 1 (init) is always alive: it says nothing about the pipeline.
+  return isAlive(run.pid) || (run.ppid > 1 && isAlive(run.ppid));
+}
+
+/**
+ * Incrementals since the last Full in the chain of `set` (a confirmed set): recorded at its
+ * confirmation; for sets confirmed by an older sbk, counted from the confirmed sets since the
+ * newest confirmed Full set before it. null when that Full set is gone.
+ */
+async function chainDepth(dirs: Dirs, container: string, set: SetInfo): Promise<number | null> {
+  const recorded = (await readConfirmation(set.set))?.depth;
+  if (typeof recorded === 'number') return recorded;
+  if (set.full) return 0;
+  const confirmed = (await listSets(dirs, container)).filter((s) => s.confirmed && s.time <= set.time);
+  const lastFull = confirmed.map((s) => s.full).lastIndexOf(true);
+  return lastFull < 0 ? null : confirmed.length - 1 - lastFull;
+}
+
+export interface ConfirmOptions {
+  log: Log;
+  /** Confirmed sets to keep; undefined: the run's --keep-snapshots, else defaultKeep, else no pruning. */
+  keep?: number;
+  defaultKeep?: number;
+}
+
+/**
+ * Confirms a set: writes the marker (with the chain length from the run file), removes the run
+ * file, and prunes older sets when a --keep-snapshots applies. The caller holds the container's
+ * lock. A failed prune does not undo the confirmation: it is returned for the caller to report.
+ */
+export async function confirmBackupSet(
+  dirs: Dirs,
+  container: string,
+  set: string,
+  c: Confirmation,
+  opts: ConfirmOptions,
+): Promise<{ removed: string[]; pruneError?: SbkError }> {
+  const run = await readRun(set);
+  await confirmSet(set, { ...c, depth: c.depth ?? run?.depth ?? null });
+  await rm(path.join(set, RUN_FILE), { force: true });
+  const keep = opts.keep ?? run?.keepSnapshots ?? opts.defaultKeep;
+  if (keep === undefined) return { removed: [] };
+  try {
+    return { removed: await pruneSets(dirs, container, { keep, log: opts.log }) };
+  } catch (err) {
+    const e = err instanceof SbkError ? err : new SbkError(`${container}: pruning snapshot sets failed: ${(err as Error).message}`, ExitCode.failure, { cause: err });
+    return { removed: [], pruneError: e };
+  }
+}
+
+/**
+ * Retention of snapshot sets (the caller holds the container's lock): keeps the newest `keep`
+ * confirmed sets (the newest is the next parent: always kept), removes older confirmed ones and
+ * unconfirmed sets older than the newest confirmed one (left by failed runs). Never removes a set
+ * whose run may still be going (an unconfirmed set newer than the newest confirmed one, or one
+ * whose pipeline's shell is alive), nor the sets such a run is sent against. Returns the removed
+ * set paths.
+ */
+export async function pruneSets(dirs: Dirs, container: string, opts: { keep: number; log: Log }): Promise<string[]> {
+  const { log } = opts;
+  const keep = Math.max(1, Math.floor(opts.keep));
+  await removeStalePartials(dirs, container, log);
+  const sets = await listSets(dirs, container);
+  const confirmed = sets.filter((s) => s.confirmed);
+  if (confirmed.length === 0) return [];
+  const newest = confirmed[confirmed.length - 1]!;
+  const kept = new Set(confirmed.slice(-keep).map((s) => s.set));
+  // Sets of runs that may be in progress, and what they need.
+  const inUse = new Set<string>();
+  for (const s of sets) {
+    if (s.confirmed) continue;
+    const run = await readRun(s.set);
+    if (s.time > newest.time || runAlive(run)) {
+      inUse.add(s.set);
+      if (run?.parent) inUse.add(run.parent);
+      if (run?.previous) inUse.add(run.previous);
+    }
+  }
+  const removed: string[] = [];
+  const failed: { set: string; err: unknown }[] = [];
+  for (const s of sets) {
+    if (kept.has(s.set) || inUse.has(s.set)) continue;
+    if (!s.confirmed && s.time > newest.time) continue;
+    try {
+      await removeSetDir(s.set);
+      removed.push(s.set);
+      log.verbose(`removed snapshot set ${s.set} (${s.confirmed ? `older than the ${keep} kept` : 'unconfirmed, left by a failed run'})`);
+    } catch (err) {
+      failed.push({ set: s.set, err }); // the others are still tried
+    }
+  }
+  if (failed.length) {
+    const [first] = failed;
+    const more = failed.length > 1 ? ` (and ${failed.length - 1} more)` : '';
+    throw new SbkError(`${container}: could not remove snapshot set ${first!.set}${more}: ${(first!.err as Error).message}`, ExitCode.failure, {
+      cause: first!.err,
+    });
+  }
+  return removed;
+}
+
+/** What a receipt says about a stored archive (see receipts.ts); only the first fields are required. */
+export interface StoredReceipt {
+  name: string;
+  container: string;
+  time: number;
+  full: boolean;
+  archive?: string;
+  size?: number;
+  sha256?: string;
+  host?: string;
+  path?: string;
+  stored?: string;
+  volumes?: { name: string; uuid: string }[];
+}
+
+/**
+ * `sbk-snap --confirm`: marks the snapshot set a receipt names as confirmed (a valid parent),
+ * under the container's lock, after checking that the receipt's volume UUIDs are the set's
+ * snapshots (a receipt for another backup of the same name confirms nothing). Then prunes as
+ * confirmBackupSet does. Confirming a confirmed set again is harmless.
+ */
+export async function confirmFromReceipt(
+  dirs: Dirs,
+  r: StoredReceipt,
+  opts: ConfirmOptions & { lockWait?: number; signal?: AbortSignal },
+): Promise<{ set: string; already: boolean; removed: string[]; pruneError?: SbkError }> {
+  checkContainerName(r.container);
+  const set = path.join(dirs.backupDir, r.container, setDirName(r.time, r.full));
+  const exists = () => stat(set).then((s) => s.isDirectory(), () => false);
+  if (!(await exists()))
+    throw new SbkError(`${r.name}: no snapshot set ${set} to confirm (made with another backup dir or host, or removed)`, ExitCode.notFound);
+  return withLock(
+    backupLockFile(dirs.backupDir, r.container),
+    { holder: `sbk-snap --confirm ${r.name}`, wait: opts.lockWait ?? 600, signal: opts.signal },
+    async () => {
+      if (!(await exists())) throw new SbkError(`${r.name}: the snapshot set ${set} was removed meanwhile`, ExitCode.notFound);
+      for (const v of r.volumes ?? []) {
+        const p = path.join(set, v.name);
+        const uuid = (await isSubvolume(p).catch(() => false)) ? (await subvolumeInfo(p, opts.signal)).uuid : undefined;
+        if (uuid !== v.uuid)
+          throw new SbkError(
+            `${r.name}: the receipt does not match the snapshot set ${set}: its ${v.name} is ${uuid ?? 'missing'}, the stored archive's is ${v.uuid}`,
+            ExitCode.corrupt,
+          );
+      }
+      const already = (await readConfirmation(set)) !== undefined;
+      const c = {
+        sbk: 'confirmation',
+        name: r.name,
+        archive: r.archive ?? (r.path ? path.basename(r.path) : undefined),
+        size: r.size,
+        sha256: r.sha256,
+        stored: r.stored ?? new Date().toISOString(),
+        host: r.host,
+        path: r.path,
+      } as Confirmation;
+      if (already) {
+        // Keep the first confirmation (and its chain length); still apply retention.
+        const keep = opts.keep ?? opts.defaultKeep;
+        if (keep === undefined) return { set, already, removed: [] };
+        try {
+          return { set, already, removed: await pruneSets(dirs, r.container, { keep, log: opts.log }) };
+        } catch (err) {
+          return { set, already, removed: [], pruneError: err as SbkError };
+        }
+      }
+      return { set, already, ...(await confirmBackupSet(dirs, r.container, set, c, opts)) };
+    },
+  );
 }
