@@ -1,12 +1,13 @@
 // Atomic file writes: data goes to a temporary name in the same directory, is fsynced, then
 // renamed over the final name, and the directory is fsynced. A killed run leaves at most a
 // `.<name>.tmp-<pid>-<n>` file, never a half-written file under the final name.
-import { open, readdir, rename, rm, link, unlink } from 'node:fs/promises';
+import { open, readdir, rename, rm, link, unlink, stat } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import type { FileHandle } from 'node:fs/promises';
 import { SbkError, ExitCode } from './errors.js';
+import { isProcessAlive } from './proc.js';
 
 let counter = 0;
 
@@ -20,25 +21,21 @@ export function isTempName(name: string): boolean {
 }
 
 /** Removes temporary files in `dir` left by runs that were killed (their process is gone). */
-export async function removeStaleTemps(dir: string): Promise<string[]> {
+export async function removeStaleTemps(dir: string, opts: { minAgeMs?: number } = {}): Promise<string[]> {
   const removed: string[] = [];
   for (const name of await readdir(dir).catch(() => [] as string[])) {
     const m = /^\..+\.tmp-(\d+)-\d+$/.exec(name);
-    if (!m || processAlive(Number(m[1]))) continue;
+    if (!m || isProcessAlive(Number(m[1]))) continue;
+    if (opts.minAgeMs) {
+      const st = await stat(path.join(dir, name)).catch(() => undefined);
+      if (!st || Date.now() - st.mtimeMs < opts.minAgeMs) continue;
+    }
     await rm(path.join(dir, name), { force: true });
     removed.push(name);
   }
   return removed;
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);

@@ -29,6 +29,7 @@ import { parseLxcConfig, rewriteConfigForRestore, rootfsPath, configValue, seria
 import { fsyncDir } from './atomic.js';
 import { SendStreamReader } from './sendstream.js';
 import type { Log } from './log.js';
+import { isProcessAlive } from './proc.js';
 
 export interface RestoreInput {
   /** A path, or 'stdin': for messages. */
@@ -107,14 +108,6 @@ export function sendStreamCheck(what: () => string): StreamCheck {
 const TEMP_PREFIX = '.sbk-restore-';
 const TEMP_RE = /^\.sbk-restore-(.+)-(\d+)$/;
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 async function exists(p: string): Promise<boolean> {
   try {
@@ -413,7 +406,7 @@ export class Restore {
     // Leftovers of a restore of this name that was killed (its process is gone).
     for (const n of await readdir(lxcDir)) {
       const m = TEMP_RE.exec(n);
-      if (!m || m[1] !== name || isAlive(Number(m[2]))) continue;
+      if (!m || m[1] !== name || isProcessAlive(Number(m[2]))) continue;
       log.info(`removing ${path.join(lxcDir, n)}, left by a restore that did not finish`);
       await removeTree(path.join(lxcDir, n));
     }

@@ -23,6 +23,7 @@ import { backupLockFile, withLock } from './lock.js';
 import type { BackupRecord, SetRef, VolumeRecord } from './record.js';
 import { RECORD_FORMAT } from './record.js';
 import type { Log } from './log.js';
+import { isProcessAlive } from './proc.js';
 
 export interface SetInfo extends SetRef {
   confirmed: boolean;
@@ -134,14 +135,6 @@ export async function newestValidParent(
   return undefined;
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 async function removeSetDir(dir: string): Promise<void> {
   let names: string[] = [];
@@ -157,13 +150,28 @@ async function removeSetDir(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }
 
+/**
+ * Removes the snapshot set of a backup that failed in sbk-pack: only when it is here and not
+ * confirmed (a confirmed set has its archive and may be a parent).
+ */
+export async function discardFailedSet(dirs: Dirs, container: string, time: number, full: boolean, log: Log): Promise<void> {
+  const set = path.join(dirs.backupDir, container, setDirName(time, full));
+  if (!(await stat(set).then((s) => s.isDirectory(), () => false))) return; // not made here
+  await withLock(backupLockFile(dirs.backupDir, container), { holder: `sbk-pack (removing ${path.basename(set)})`, wait: 60 }, async () => {
+    const here = await stat(set).then((s) => s.isDirectory(), () => false);
+    if (!here || (await stat(path.join(set, CONFIRMED_MARKER)).then(() => true, () => false))) return;
+    await removeSetDir(set);
+    log.info(`removed the snapshots of the failed backup ${backupName(container, time, full)}`);
+  });
+}
+
 /** Removes partial sets left by killed runs (their process is gone). */
 export async function removeStalePartials(dirs: Dirs, container: string, log: Log): Promise<void> {
   const cdir = path.join(dirs.backupDir, container);
   const names = await readdir(cdir).catch(() => [] as string[]);
   for (const n of names) {
     const m = PARTIAL_RE.exec(n);
-    if (!m || isAlive(Number(m[2]))) continue;
+    if (!m || isProcessAlive(Number(m[2]))) continue;
     log.info(`removing ${n}, left by a run that did not finish`);
     await removeSetDir(path.join(cdir, n));
   }
@@ -373,7 +381,7 @@ export async function readRun(set: string): Promise<SetRun | undefined> {
 function runAlive(run: SetRun | undefined): boolean {
   if (!run || run.host !== hostname()) return false;
   // A parent of 1 (init) is always alive: it says nothing about the pipeline.
-  return isAlive(run.pid) || (run.ppid > 1 && isAlive(run.ppid));
+  return isProcessAlive(run.pid) || (run.ppid > 1 && isProcessAlive(run.ppid));
 }
 
 /**

@@ -13,12 +13,12 @@ import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import { readArchives, type Manifest } from './archive.js';
-import { createAtomicFile, fsyncDir, tempNameFor, type AtomicFile } from './atomic.js';
+import { createAtomicFile, fsyncDir, removeStaleTemps, tempNameFor, type AtomicFile } from './atomic.js';
 import { crc32 } from './compression.js';
 import { SbkError, ExitCode } from './errors.js';
 import { peekStream, sniff, describeKind } from './input.js';
 import { archiveFileName, changelogFileName, setDirName, type Dirs } from './layout.js';
-import { confirmBackupSet } from './snapshots.js';
+import { confirmBackupSet, discardFailedSet } from './snapshots.js';
 import { backupLockFile, withLock } from './lock.js';
 import type { Log } from './log.js';
 import { RECEIPT_FORMAT, type Receipt } from './receipts.js';
@@ -123,9 +123,28 @@ async function confirm(dirs: Dirs, m: Manifest, result: StoredArchive, log: Log,
 
 const storeDir = (t: { kind: 'store'; dirs: Dirs } | { kind: 'dir'; dir: string }) => (t.kind === 'store' ? t.dirs.backupDir : t.dir);
 
+/**
+ * When the output fails (disk full, the reader gone) the pack is destroyed and the next entry
+ * fails with a bare "already finalized or destroyed": report the output's own error instead.
+ */
+async function writeOrExplain(o: { piping: Promise<void> }, write: () => Promise<void>): Promise<void> {
+  try {
+    await write();
+  } catch (err) {
+    await o.piping;
+    throw err;
+  }
+}
+
 export async function packArchives(source: Readable, opts: PackOptions): Promise<StoredArchive[]> {
   const input = await checkInput(source);
   const { target, log } = opts;
+  if (target.kind === 'store' || target.kind === 'dir') {
+    // Temporary files of killed runs; the directory may be shared by hosts whose pids mean
+    // nothing here, so only files an hour old go.
+    for (const n of await removeStaleTemps(storeDir(target), { minAgeMs: 3600_000 }))
+      log.info(`removed ${n}, left by a run that did not finish`);
+  }
   const stored: StoredArchive[] = [];
   let current: Open | undefined;
 
@@ -203,14 +222,14 @@ export async function packArchives(source: Readable, opts: PackOptions): Promise
       if (entry.role === 'changelog' && (target.kind === 'store' || target.kind === 'dir')) {
         const m = o.manifest;
         o.changelog = await createAtomicFile(path.join(storeDir(target), changelogFileName(m.container, m.time)));
-        await writeEntry(o.pack, entry.header, entry.body, o.changelog.stream);
+        await writeOrExplain(o, () => writeEntry(o.pack, entry.header, entry.body, o.changelog!.stream));
         await new Promise<void>((resolve, reject) => {
           // end()'s callback also reports a failed write (disk full): never commit after one.
           o.changelog!.stream.end((err?: Error | null) => (err ? reject(err) : resolve()));
         });
         continue;
       }
-      await writeEntry(o.pack, entry.header, entry.body);
+      await writeOrExplain(o, () => writeEntry(o.pack, entry.header, entry.body));
       if (entry.role !== 'trailer') continue;
 
       // The trailer was verified by readArchives: the archive is whole. Finish and store it.
@@ -236,6 +255,13 @@ export async function packArchives(source: Readable, opts: PackOptions): Promise
     }
   } catch (err) {
     await abort(current, err);
+    if (current && target.kind === 'store') {
+      // The backup failed here: its snapshot set (unconfirmed, on this host) is of no use.
+      const m = current.manifest;
+      await discardFailedSet(target.dirs, m.container, m.time, m.full, log).catch((e: Error) =>
+        log.warn(`${m.name}: could not remove its snapshot set: ${e.message}`),
+      );
+    }
     if (opts.signal?.aborted) throw opts.signal.reason;
     throw err;
   }
@@ -405,33 +431,6 @@ async function readGzipHeader(r: ByteReader, index: number): Promise<Buffer | un
   return Buffer.concat(parts);
 }
 
-const INCOMING_RE = /^\.incoming\.tar\.gz\.tmp-(\d+)-\d+$/;
-
-/**
- * Removes what killed `--store` runs left (a cut ssh link may leave gigabytes under a hidden
- * name): files whose process is gone and that were not written for an hour (DIR may be shared
- * by hosts whose pids mean nothing here).
- */
-async function removeStaleIncoming(dir: string, log: Log): Promise<void> {
-  const names = await readdir(dir).catch(() => [] as string[]);
-  for (const n of names) {
-    const m = INCOMING_RE.exec(n);
-    if (!m) continue;
-    const pid = Number(m[1]);
-    let alive = false;
-    try {
-      process.kill(pid, 0);
-      alive = true;
-    } catch (err) {
-      alive = (err as NodeJS.ErrnoException).code === 'EPERM';
-    }
-    const st = await stat(path.join(dir, n)).catch(() => undefined);
-    if (alive || !st || Date.now() - st.mtimeMs < 3600_000) continue;
-    log.info(`removing ${n}, left by a transfer that did not finish`);
-    await rm(path.join(dir, n), { force: true });
-  }
-}
-
 /** A file being received under a temporary name in DIR; its final name is known later (from the manifest). */
 interface Incoming {
   readonly temp: string;
@@ -548,7 +547,8 @@ function zwrite(z: zlib.InflateRaw, b: Buffer): Promise<void> {
  */
 async function storeGzipArchives(stream: Readable, opts: StoreOptions): Promise<StoredArchive[]> {
   const { dir, log, signal } = opts;
-  await removeStaleIncoming(dir, log);
+  // DIR may be shared by hosts whose pids mean nothing here: only files an hour old go.
+  for (const n of await removeStaleTemps(dir, { minAgeMs: 3600_000 })) log.info(`removed ${n}, left by a transfer that did not finish`);
   const reader = new ByteReader(stream);
   const stored: StoredArchive[] = [];
   try {

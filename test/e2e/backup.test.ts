@@ -148,6 +148,9 @@ describe.skipIf(mode === 'skip')('backup flow on loopback BTRFS', () => {
     expect(cut.exitCode).toBe(4);
     expect(cut.stderr).toMatch(/sbk-pack: .*(truncated|broken|incomplete)/);
     expect(await ls(sb.backupDir)).toEqual(before);
+    // sbk-pack removed the snapshots of the backup it could not store.
+    expect(cut.stderr).toMatch(/removed the snapshots of the failed backup c3_\d+/);
+    expect((await ls(path.join(sb.backupDir, 'c3'))).filter((n) => !n.startsWith('.'))).toHaveLength(1);
     // The next incremental's parent is the first (confirmed) set, not the cut one.
     const next = await sh('sbk-snap c3', sb);
     expect(next.exitCode).toBe(0);
