@@ -197,6 +197,9 @@ export async function packArchives(source: Readable, opts: PackOptions): Promise
         gname: header.gname,
       } as tar.Header;
       const sink = pack.entry(h, (err) => (err ? reject(err) : resolve()));
+      // A failing entry reports through the callback; its 'error' event must not go unheard
+      // (the pack is destroyed when the output fails, e.g. a full disk).
+      sink.on('error', () => {});
       if (header.type === 'directory') return;
       (async () => {
         for await (const c of body) {
@@ -548,7 +551,7 @@ function zwrite(z: zlib.InflateRaw, b: Buffer): Promise<void> {
 async function storeGzipArchives(stream: Readable, opts: StoreOptions): Promise<StoredArchive[]> {
   const { dir, log, signal } = opts;
   // DIR may be shared by hosts whose pids mean nothing here: only files an hour old go.
-  for (const n of await removeStaleTemps(dir, { minAgeMs: 3600_000 })) log.info(`removed ${n}, left by a transfer that did not finish`);
+  for (const n of await removeStaleTemps(dir, { minAgeMs: 3600_000 })) log.info(`removing ${n}, left by a transfer that did not finish`);
   const reader = new ByteReader(stream);
   const stored: StoredArchive[] = [];
   try {

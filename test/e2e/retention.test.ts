@@ -35,7 +35,8 @@ describe.skipIf(mode === 'skip')('retention on loopback BTRFS', () => {
     const names: string[] = [];
     for (let i = 0; i < 6; i++) {
       await change('p1', i);
-      const r = await sh(`sbk-snap ${i === 3 ? '--full ' : ''}p1 | sbk-changelog | sbk-send | sbk-pack`, sb);
+      // Every restore is compared with its snapshot set below: keep them all (the default keeps 2).
+      const r = await sh(`sbk-snap --keep-snapshots 100 ${i === 3 ? '--full ' : ''}p1 | sbk-changelog | sbk-send | sbk-pack`, sb);
       expect(r.exitCode, r.stderr).toBe(0);
       names.push(path.basename(r.stdout.trim(), '.tar.gz'));
     }
@@ -106,12 +107,15 @@ describe.skipIf(mode === 'skip')('retention on loopback BTRFS', () => {
     expect(bad.exitCode).toBe(2);
   });
 
-  it('--keep-snapshots N: applied when sbk-pack confirms; without it every set is kept', async () => {
+  it('--keep-snapshots N (default 2): applied when sbk-pack confirms', async () => {
     await makeContainer(sb, 'k1', { volumes: ['rootfs'], content: false });
     for (let i = 0; i < 3; i++) {
       await change('k1', i);
       expect((await sh('sbk-snap k1 | sbk-send | sbk-pack', sb)).exitCode).toBe(0);
     }
+    expect(await sets('k1')).toHaveLength(2); // the default
+    await change('k1', 30);
+    expect((await sh('sbk-snap --keep-snapshots 10 k1 | sbk-send | sbk-pack', sb)).exitCode).toBe(0);
     expect(await sets('k1')).toHaveLength(3);
     for (let i = 3; i < 5; i++) {
       await change('k1', i);
@@ -121,11 +125,11 @@ describe.skipIf(mode === 'skip')('retention on loopback BTRFS', () => {
       expect(s).toHaveLength(2);
       expect(await confirmed('k1')).toEqual(s);
     }
-    // A failed run's set goes at the next confirmation; the newest confirmed one is the parent.
+    // sbk-pack removes the set of a backup it could not store; the newest confirmed one stays the parent.
     await change('k1', 5);
     const cut = await sh('sbk-snap k1 | sbk-send | head -c 3000 | sbk-pack', sb);
     expect(cut.exitCode).toBe(4);
-    expect(await sets('k1')).toHaveLength(3);
+    expect(await sets('k1')).toHaveLength(2);
     const r = await sh('sbk-snap --keep-snapshots 1 k1 | sbk-send | sbk-pack', sb);
     expect(r.exitCode, r.stderr).toBe(0);
     const s = await sets('k1');
