@@ -3,9 +3,8 @@
 // `sbk-snap --confirm`, which marks the snapshot sets confirmed: a set becomes a parent only
 // once its archive is safe where it is kept. Documented in man/sbk.7, RECEIPTS.
 import type { Readable } from 'node:stream';
-import split2 from 'split2';
 import { SbkError, ExitCode } from './errors.js';
-import { peekStream, sniff, describeKind } from './input.js';
+import { lineError, readJsonLines } from './ndjson.js';
 import { backupName, isValidContainerName, isValidVolumeName } from './layout.js';
 
 export const RECEIPT_FORMAT = 1;
@@ -44,7 +43,7 @@ export const receiptLocation = (r: Pick<Receipt, 'host' | 'path' | 'name'>) =>
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function fail(line: number, msg: string): never {
-  throw new SbkError(`receipt on line ${line}: ${msg}`, ExitCode.badInput);
+  throw lineError('receipt', line, msg);
 }
 
 /**
@@ -84,32 +83,6 @@ export function checkReceipt(v: unknown, line: number): Receipt {
  * the line of a malformed receipt. Blank lines are ignored.
  */
 export async function* readReceipts(source: Readable): AsyncGenerator<{ receipt: Receipt; line: number }> {
-  const { head, stream: input } = await peekStream(source, 512);
-  const kind = sniff(head);
-  if (kind === 'empty') return;
-  const blank = kind === 'text' && /^[ \t\r\n]*$/.test(head.toString('latin1'));
-  if (kind !== 'ndjson' && !blank)
-    throw new SbkError(`expected NDJSON receipts (sbk-pack --store output) on stdin, got ${describeKind[kind]}`, ExitCode.badInput);
-  const maxLength = 1024 * 1024;
-  let line = 0;
-  let split = 0;
-  const lines = input.pipe(split2((l: string) => (split++, l), { maxLength }));
-  input.on('error', (err) => lines.destroy(err));
-  try {
-    for await (const text of lines as AsyncIterable<string>) {
-      line++;
-      if (text.trim() === '') continue;
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(text);
-      } catch (err) {
-        fail(line, `malformed JSON (${(err as Error).message})`);
-      }
-      yield { receipt: checkReceipt(parsed, line), line };
-    }
-  } catch (err) {
-    if (!(err instanceof SbkError) && (err as Error | undefined)?.message === 'maximum buffer reached')
-      fail(split + 1, `longer than ${maxLength} bytes (not NDJSON receipts?)`);
-    throw err;
-  }
+  const lines = readJsonLines(source, { what: 'receipts (sbk-pack --store output)', noun: 'receipt', maxLength: 1024 * 1024 });
+  for await (const { value, line } of lines) yield { receipt: checkReceipt(value, line), line };
 }

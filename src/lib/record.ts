@@ -1,9 +1,7 @@
 // The backup record: one NDJSON line per backup, written by sbk-snap, passed on (and added to)
 // by sbk-changelog, read by sbk-send. Documented in man/sbk.7, RECORDS.
 import type { Readable } from 'node:stream';
-import split2 from 'split2';
-import { SbkError, ExitCode } from './errors.js';
-import { peekStream, sniff, describeKind } from './input.js';
+import { lineError, readJsonLines } from './ndjson.js';
 import { isValidContainerName, isValidVolumeName } from './layout.js';
 
 export const RECORD_FORMAT = 1;
@@ -56,7 +54,7 @@ export function formatRecord(r: BackupRecord): string {
 }
 
 function fail(line: number, msg: string): never {
-  throw new SbkError(`record on line ${line}: ${msg}`, ExitCode.badInput);
+  throw lineError('record', line, msg);
 }
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -105,40 +103,6 @@ export function checkRecord(v: unknown, line: number): BackupRecord {
  * and names the line of any malformed or incomplete record.
  */
 export async function* readRecords(source: Readable): AsyncGenerator<BackupRecord> {
-  const { head, stream: input } = await peekStream(source, 512);
-  const kind = sniff(head);
-  if (kind === 'empty') return;
-  // Blank lines are ignored, so input of blank lines only is no records (not "text").
-  const blank = kind === 'text' && /^[ \t\r\n]*$/.test(head.toString('latin1'));
-  if (kind !== 'ndjson' && !blank)
-    throw new SbkError(
-      `expected NDJSON backup records (sbk-snap output) on stdin, got ${describeKind[kind]}`,
-      ExitCode.badInput,
-    );
-  let line = 0;
-  // A line cut short is malformed JSON (an object cannot be cut and stay valid), so a missing
-  // final newline needs no check of its own.
-  const maxLength = 16 * 1024 * 1024;
-  let split = 0; // lines split2 has cut (it may be ahead of the loop)
-  const lines = input.pipe(split2((l: string) => (split++, l), { maxLength }));
-  // pipe() does not pass errors on: without this a failing input would leave the loop waiting.
-  input.on('error', (err) => lines.destroy(err));
-  try {
-    for await (const text of lines as AsyncIterable<string>) {
-      line++;
-      if (text.trim() === '') continue;
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(text);
-      } catch (err) {
-        fail(line, `malformed JSON (${(err as Error).message})`);
-      }
-      yield checkRecord(parsed, line);
-    }
-  } catch (err) {
-    // split2's limit: a "line" this long is not a record.
-    if (!(err instanceof SbkError) && (err as Error | undefined)?.message === 'maximum buffer reached')
-      fail(split + 1, `longer than ${maxLength} bytes (not NDJSON records?)`);
-    throw err;
-  }
+  const lines = readJsonLines(source, { what: 'backup records (sbk-snap output)', noun: 'record', maxLength: 16 * 1024 * 1024 });
+  for await (const { value, line } of lines) yield checkRecord(value, line);
 }
