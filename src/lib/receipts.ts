@@ -3,7 +3,6 @@
 // `sbk-snap --confirm`, which marks the snapshot sets confirmed: a set becomes a parent only
 // once its archive is safe where it is kept. Documented in man/sbk.7, RECEIPTS.
 import type { Readable } from 'node:stream';
-import { SbkError, ExitCode } from './errors.js';
 import { lineError, readJsonLines } from './ndjson.js';
 import { backupName, isValidContainerName, isValidVolumeName } from './layout.js';
 
