@@ -269,7 +269,11 @@ export async function makeProgress(ctx: Context, flag: boolean | undefined, opts
   const stderrIsTTY = process.stderr.isTTY === true;
   const mode = chooseProgressMode({ flag, quiet: ctx.log.verbosity === 0, stderrIsTTY, last: opts.last ?? !stdoutIsPipe() });
   const progress = new Progress({ prog: ctx.log.prog, mode, clearFirst: stderrIsTTY });
-  // However the run ends, no half-drawn status line is left behind.
-  if (progress.enabled) process.once('exit', () => progress.close());
+  // However the run ends, no half-drawn status line is left behind. With -v: what it cost.
+  if (progress.enabled)
+    process.once('exit', () => {
+      progress.close();
+      ctx.log.verbose(`progress: ${progress.draws} redraws, ${progress.spentMs.toFixed(1)} ms drawing`);
+    });
   return progress;
 }

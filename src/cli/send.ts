@@ -30,10 +30,12 @@ export function main(argv: string[]): Promise<void> {
           import('node:stream/promises'),
         ]);
         const version = toolVersion();
-        // Per volume: bytes, rate, elapsed; on a terminal also the estimated size of the stream.
+        // Per volume: bytes, rate, elapsed; on a terminal also the estimated size of the stream,
+        // asked for once the volume has been sending for a second (a short one needs none).
         const progress = await makeProgress(ctx, args.progress);
         let meter: Meter | undefined;
         let estimating: AbortController | undefined;
+        let estimateTimer: ReturnType<typeof setTimeout> | undefined;
         const hooks = progress.enabled
           ? {
               onProgress: (_volume: string, n: number) => {
@@ -43,16 +45,20 @@ export function main(argv: string[]): Promise<void> {
                 if (e.phase === 'start') {
                   const m = (meter = progress.start(`${e.record.name} ${e.volume}`));
                   if (progress.mode === 'draw') {
-                    estimating = new AbortController();
-                    estimateSendSize(e.snapshot, { parent: e.parent, signal: AbortSignal.any([ctx.signal, estimating.signal]) }).then(
-                      (n) => {
-                        m.total = n;
-                        m.estimate = true;
-                      },
-                      () => {}, // no estimate: the line shows no total
-                    );
+                    const controller = (estimating = new AbortController());
+                    estimateTimer = setTimeout(() => {
+                      estimateSendSize(e.snapshot, { parent: e.parent, signal: AbortSignal.any([ctx.signal, controller.signal]) }).then(
+                        (n) => {
+                          m.total = n;
+                          m.estimate = true;
+                        },
+                        () => {}, // no estimate: the line shows no total
+                      );
+                    }, 1000);
+                    estimateTimer.unref();
                   }
                 } else {
+                  clearTimeout(estimateTimer);
                   estimating?.abort();
                   progress.finish(meter!);
                 }
@@ -84,6 +90,7 @@ export function main(argv: string[]): Promise<void> {
             ctx.log.verbose(`${record.name}: sent`);
           }
         } finally {
+          clearTimeout(estimateTimer);
           estimating?.abort();
           progress.close();
         }

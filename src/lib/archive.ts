@@ -7,7 +7,7 @@
 //   trailer.json                  size and sha256 of every entry and of every whole delta
 // The trailer comes last and marks the archive complete: a tar cut at an entry boundary ends
 // without error, so without it a truncated archive would look whole.
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { SbkError, ExitCode } from './errors.js';
@@ -115,12 +115,15 @@ export class ArchiveWriter {
     this.mtime = new Date(manifest.time * 1000);
   }
 
-  /** Writes an entry whose body is known (small): returns when the pack has taken it. */
-  private async put(header: EntryHeader, chunks: Buffer[]): Promise<EntryDigest> {
-    const hash = createHash('sha256');
+  /**
+   * Writes an entry whose body is known (small, or one delta part): returns when the pack has
+   * taken it. `digest` is the body's sha256 when the caller has it already.
+   */
+  private async put(header: EntryHeader, chunks: Buffer[], digest?: Hash): Promise<EntryDigest> {
+    const hash = digest ?? createHash('sha256');
     let size = 0;
     for (const c of chunks) {
-      hash.update(c);
+      if (!digest) hash.update(c);
       size += c.length;
     }
     const full = { type: 'file' as const, mode: 0o644, mtime: this.mtime, ...header, size };
@@ -180,41 +183,63 @@ export class ArchiveWriter {
     this.digests.push({ name: CHANGELOG_ENTRY, size: n, sha256: hash.digest('hex') });
   }
 
-  /** Frames a send stream of unknown length as parts of at most `partSize` bytes. */
+  /**
+   * Frames a send stream of unknown length as parts of at most `partSize` bytes. A part's tar
+   * header needs its size, so a part is collected before it is written; while it is written the
+   * next one is collected (at most two parts in memory), so that neither the send nor the reader
+   * of the tar stream waits for the other part by part. Both digests are taken as the bytes
+   * arrive, while they are still in the cache.
+   */
   async addDelta(volume: string, stream: AsyncIterable<Buffer>, onBytes?: (n: number) => void): Promise<void> {
     const whole = createHash('sha256');
     let total = 0;
     let part = 0;
     let pending: Buffer[] = [];
     let pendingSize = 0;
+    let partHash = createHash('sha256');
+    let writing: Promise<unknown> = Promise.resolve();
     const flush = async (last: boolean) => {
       // A stream that fits one part is stored as `<volume>.delta`, as the original tool named it.
       const name = last && part === 0 ? `${volume}.delta` : deltaPartName(volume, part);
-      await this.put({ name }, pending);
+      const chunks = pending;
+      const digest = partHash;
       part++;
       pending = [];
       pendingSize = 0;
+      partHash = createHash('sha256');
+      await writing; // entries one after the other; a failed write stops the framing here
+      writing = this.put({ name }, chunks, digest);
+      writing.catch(() => {}); // awaited at the next part or at the end
     };
-    for await (const chunk0 of stream) {
-      let chunk = chunk0;
-      whole.update(chunk);
-      total += chunk.length;
-      onBytes?.(chunk.length);
-      while (pendingSize + chunk.length >= this.partSize) {
-        const take = this.partSize - pendingSize;
-        pending.push(chunk.subarray(0, take));
-        pendingSize += take;
-        chunk = chunk.subarray(take);
-        // The part is full but the stream may end right here: only the next byte tells, so a
-        // stream of exactly N parts still gets numbered names.
-        await flush(false);
+    try {
+      for await (const chunk0 of stream) {
+        let chunk = chunk0;
+        whole.update(chunk);
+        total += chunk.length;
+        onBytes?.(chunk.length);
+        while (pendingSize + chunk.length >= this.partSize) {
+          const take = this.partSize - pendingSize;
+          const head = chunk.subarray(0, take);
+          partHash.update(head);
+          pending.push(head);
+          pendingSize += take;
+          chunk = chunk.subarray(take);
+          // The part is full but the stream may end right here: only the next byte tells, so a
+          // stream of exactly N parts still gets numbered names.
+          await flush(false);
+        }
+        if (chunk.length) {
+          partHash.update(chunk);
+          pending.push(chunk);
+          pendingSize += chunk.length;
+        }
       }
-      if (chunk.length) {
-        pending.push(chunk);
-        pendingSize += chunk.length;
-      }
+      if (pendingSize > 0 || part === 0) await flush(true);
+    } catch (err) {
+      await writing.catch(() => {}); // never leave a part being written behind
+      throw err;
     }
-    if (pendingSize > 0 || part === 0) await flush(true);
+    await writing;
     this.volumes[volume] = { size: total, sha256: whole.digest('hex'), parts: part };
   }
 

@@ -166,8 +166,9 @@ export class Progress {
   private shown = false;
   private lastDraw = -Infinity;
   private restoreStderr: (() => void) | undefined;
-  /** Redraws so far (for tests and the benchmark). */
+  /** Redraws so far, and the time spent drawing and summing up (for tests and the benchmark). */
   draws = 0;
+  spentMs = 0;
 
   constructor(opts: ProgressOptions) {
     this.mode = opts.mode;
@@ -220,6 +221,7 @@ export class Progress {
   /** Ends a task: its summary line stays (draw and lines modes). */
   finish(m: Meter): void {
     if (m.done) return;
+    const t0 = performance.now();
     m.done = true;
     m.sample?.();
     if (this.mode === 'off') return;
@@ -231,12 +233,14 @@ export class Progress {
       this.write(`${this.clearFirst ? CLEAR_LINE : ''}${text}\n`);
     }
     if (this.current === m) this.current = undefined;
+    this.spentMs += performance.now() - t0;
   }
 
   /** Redraws the status line if it is time (called by the timer; public for tests). */
   tick(): void {
     const m = this.current;
     if (this.mode !== 'draw' || !m || m.done) return;
+    const t0 = performance.now();
     const now = this.now();
     if (now - this.lastDraw < this.interval * 0.9) return;
     this.lastDraw = now;
@@ -248,6 +252,7 @@ export class Progress {
     this.write(`${CLEAR_LINE}${text}`);
     this.shown = true;
     this.draws++;
+    this.spentMs += performance.now() - t0;
   }
 
   /** Stops drawing; clears a status line left on the screen. Safe to call more than once. */

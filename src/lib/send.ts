@@ -123,17 +123,32 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
  * The size a volume's send stream will have, estimated from a metadata-only send
  * (`btrfs send --no-data`, which lists every write as an UPDATE_EXTENT with its length and costs
  * a fraction of the real send): the stream's own bytes plus the data and the headers of the
- * WRITE commands that will carry it. Used for progress only.
+ * WRITE commands that will carry it. Used for progress only: the send runs at the lowest CPU
+ * priority, so that it takes nothing from the real work when the cores are busy.
  */
 export async function estimateSendSize(snapshot: string, opts: { parent?: string; signal?: AbortSignal } = {}): Promise<number> {
-  const s = send(snapshot, { parent: opts.parent, noData: true, signal: opts.signal });
+  const { spawn } = await import('node:child_process');
+  const { setPriority } = await import('node:os');
+  const args = ['send', '-q', '--no-data', ...(opts.parent ? ['-p', opts.parent] : []), snapshot];
+  const child = spawn('btrfs', args, { stdio: ['ignore', 'pipe', 'ignore'], signal: opts.signal });
+  const exited = new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => resolve(code));
+  });
+  exited.catch(() => {});
+  try {
+    if (child.pid !== undefined) setPriority(child.pid, 19);
+  } catch {
+    // not allowed (another user's process cannot be reniced): run as it is
+  }
   const est = new SendSizeEstimator();
   try {
-    for await (const chunk of s.stdout as AsyncIterable<Buffer>) est.write(chunk);
-    await s.done;
+    for await (const chunk of child.stdout as AsyncIterable<Buffer>) est.write(chunk);
+    const code = await exited;
+    if (code !== 0) throw new Error(`btrfs ${args.join(' ')} exited with ${code}`);
   } catch (err) {
-    s.stdout.destroy();
-    await s.done.catch(() => {});
+    child.kill();
+    await exited.catch(() => {});
     throw err;
   }
   return est.estimate();
