@@ -23,6 +23,7 @@ import { backupLockFile, withLock } from './lock.js';
 import type { BackupRecord, SetRef, VolumeRecord } from './record.js';
 import { RECORD_FORMAT } from './record.js';
 import type { Log } from './log.js';
+import type { Receipt } from './receipts.js';
 import { isProcessAlive } from './proc.js';
 
 export interface SetInfo extends SetRef {
@@ -482,19 +483,7 @@ export async function pruneSets(dirs: Dirs, container: string, opts: { keep: num
 }
 
 /** What a receipt says about a stored archive (see receipts.ts); only the first fields are required. */
-export interface StoredReceipt {
-  name: string;
-  container: string;
-  time: number;
-  full: boolean;
-  archive?: string;
-  size?: number;
-  sha256?: string;
-  host?: string;
-  path?: string;
-  stored?: string;
-  volumes?: { name: string; uuid: string }[];
-}
+export type StoredReceipt = Omit<Receipt, 'sbk' | 'format'>;
 
 /**
  * `sbk-snap --confirm`: marks the snapshot set a receipt names as confirmed (a valid parent),
