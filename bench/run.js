@@ -11,7 +11,9 @@
 //   (f) the cost of --progress (drawn on a pseudo-terminal)
 //   (g) the changelog bench (bench/changelog.mjs)
 // Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g] [--profile] [--keep]
-//   --quick     about 270 MiB of content and a 0.6 GiB "big" delta instead of 1.1 and 2.2 GiB
+//        node bench/run.js --profile --only none     (the profiles alone, RESULTS.md untouched)
+//        node bench/run.js --report-only             (RESULTS.md again from bench/results.json)
+//   --quick     about 270 MiB of content and a 0.5 GiB "big" delta instead of 0.9 and 2.2 GiB
 //   --profile   also run sbk-send, sbk-pack and sbk-unpack under `node --cpu-prof` and write the
 //               heaviest functions of each to bench/PROFILE.md
 //   --keep      leave the sandbox mounted at the end (for poking around); unmount it by hand
@@ -38,7 +40,9 @@ const value = (f) => {
   return i >= 0 ? argv[i + 1] : undefined;
 };
 if (flag('--help') || flag('-h')) {
-  process.stdout.write(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 20).map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n');
+  const lines = readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1);
+  const header = lines.slice(0, lines.findIndex((l) => !l.startsWith('//')));
+  process.stdout.write(header.map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n');
   process.exit(0);
 }
 const QUICK = flag('--quick');
@@ -532,6 +536,17 @@ async function sectionProgress(sb, recFile, archive) {
   f.rounds = F_ROUNDS;
   f['sbk-send'] = await pairs('(f) sbk-send', send);
   f['sbk-unpack --verify'] = await pairs('(f) sbk-unpack --verify', verify);
+  // What sbk-send's size estimate (a metadata-only send) costs next to the real send, per volume.
+  const rec = JSON.parse(readFileSync(recFile, 'utf8').split('\n')[0]);
+  f.estimate = [];
+  for (const v of rec.volumes) {
+    const cpu = async (noData) => {
+      const r = await pipeline([T('btrfs send', `btrfs send -q ${noData ? '--no-data ' : ''}${q(v.snapshot)} > /dev/null`)]);
+      const st = r.stages['btrfs send'];
+      return st.user + st.sys;
+    };
+    f.estimate.push({ volume: v.name, send: await cpu(false), noData: await cpu(true) });
+  }
 }
 
 // (b) whole backups, Full and incremental, against btrfs send | pigz of the same volumes
@@ -688,9 +703,12 @@ async function sectionProfile(sb, recFile, archive) {
   const tar = path.join(sb.scratch, 'prof.tar');
   const gz = path.join(sb.scratch, 'prof.tar.gz');
   const run = async (label, script) => {
-    const d = path.join(dir, label);
+    const d = path.join(dir, label.replace(/[^a-z0-9-]/gi, '_'));
     await mkdir(d, { recursive: true });
-    const r = await sh(script, { env: { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${d}` } });
+    // node --cpu-prof (not allowed in NODE_OPTIONS) on the launcher; the pool as bin/sbk-pack sizes it.
+    const r = await sh(script.replaceAll('NODE ', `node --cpu-prof --cpu-prof-dir=${q(d)} `), {
+      env: { UV_THREADPOOL_SIZE: String(os.availableParallelism() + 3) },
+    });
     const files = (await readdir(d)).filter((f) => f.endsWith('.cpuprofile'));
     // The profile of the stage itself is the one with the most samples (not a helper child).
     let best;
@@ -701,10 +719,10 @@ async function sectionProfile(sb, recFile, archive) {
     return { label, wall: r.ms / 1000, summary: summarizeProfile(best) };
   };
   const out = [];
-  out.push(await run('sbk-send', `${BIN('sbk-send')} < ${q(recFile)} > ${q(tar)}`));
-  out.push(await run('sbk-pack', `${BIN('sbk-pack')} -o - < ${q(tar)} > ${q(gz)}`));
-  out.push(await run('sbk-unpack --verify', `${BIN('sbk-unpack')} --verify ${q(gz)}`));
-  out.push(await run('sbk-unpack (restore)', `${BIN('sbk-unpack')} --as prof1 ${q(archive)}`));
+  out.push(await run('sbk-send', `NODE ${BIN('sbk-send')} < ${q(recFile)} > ${q(tar)}`));
+  out.push(await run('sbk-pack', `NODE ${BIN('sbk-pack')} -o - < ${q(tar)} > ${q(gz)}`));
+  out.push(await run('sbk-unpack --verify', `NODE ${BIN('sbk-unpack')} --verify ${q(gz)}`));
+  out.push(await run('sbk-unpack (restore)', `NODE ${BIN('sbk-unpack')} --as prof1 ${q(archive)}`));
   await removeSubvolumesIn(path.join(sb.lxcDir, 'prof1'));
   await rm(tar, { force: true });
   await rm(gz, { force: true });
@@ -771,11 +789,14 @@ const yes = (ok) => (ok ? 'yes' : '**no**');
 
 function report(meta) {
   const S = results.sections;
+  // As the run that measured them was (the report may be rendered again with --report-only).
+  const QUICK = meta.quick ?? false;
+  const ROUNDS = meta.rounds ?? 3;
   const L = [];
   const targets = [];
   L.push('# sbk benchmark results', '');
   L.push(
-    `Written by \`npm run bench\` (\`node bench/run.js${argv.length ? ' ' + argv.join(' ') : ''}\`) on ${meta.date}: ` +
+    `Written by \`npm run bench\` (\`node bench/run.js${meta.argv?.length ? ' ' + meta.argv.join(' ') : ''}\`) on ${meta.date}: ` +
       `${QUICK ? 'quick run (small content; the targets are judged on a full run)' : 'full run'}, ${ROUNDS} rounds per comparison, ` +
       `contenders alternated (the order rotates each round), medians of wall-clock times; total ${fmtS(meta.seconds / 60)} min.`,
     '',
@@ -974,7 +995,7 @@ function report(meta) {
     L.push(
       'Each stage with stderr on a pseudo-terminal (`script`; stdin and stdout redirected), in pairs: once with --progress ' +
         '(a status line redrawn at most 4 times a second; sbk-send also estimates a volume\'s size with `btrfs send --no-data`, ' +
-        'at the lowest CPU priority, once the volume has been sending for a second) and once with --no-progress, the order ' +
+        'at the lowest CPU priority, once the volume has been sending for 3 s) and once with --no-progress, the order ' +
         'alternating. sbk-pack compresses the stream of (a), sbk-send sends c1 to /dev/null, sbk-unpack --verify reads c1\'s Full ' +
         'archive. The A/B cost is the median over the pairs of (with / without − 1), in wall time and in CPU time (user + sys, ' +
         'children included); on this shared machine two runs of the same command differ by a few percent, and a negative cost is ' +
@@ -1001,6 +1022,19 @@ function report(meta) {
       rows.push([label, n, fmtS(med(off)), fmtS(med(on)), pct(wallCost), pct(cpuCost), `${draws} in ${fmtS(med(on))} s`, `${drawPct.toFixed(2)}%`]);
     }
     L.push(table(['', 'pairs', 'wall s without', 'with --progress', 'A/B wall', 'A/B CPU', 'redraws', 'drawing cost'], rows), '');
+    if (S.f.estimate) {
+      L.push(
+        'sbk-send\'s size estimate, for comparison (CPU seconds of `btrfs send --no-data` and of `btrfs send` of each volume of ' +
+          'c1\'s Full, to /dev/null): it is asked for only when the status line is drawn and the volume has been sending for 3 s, ' +
+          'at the lowest priority.',
+        '',
+        table(
+          ['volume', 'btrfs send CPU s', '--no-data CPU s', 'ratio'],
+          S.f.estimate.map((e) => [e.volume, e.send.toFixed(2), e.noData.toFixed(2), e.send > 0 ? `${((100 * e.noData) / e.send).toFixed(0)}%` : '–']),
+        ),
+        '',
+      );
+    }
     targets.push(['progress cost: time spent drawing (worst stage)', `${worst.toFixed(2)}%`, '< 1%', yes(worst < 1)]);
   }
 
@@ -1035,7 +1069,10 @@ function profileReport() {
   const L = ['# CPU profiles of the JS stages', ''];
   L.push(
     `Written by \`node bench/run.js --profile\` on ${new Date().toISOString()}. Main-thread self time from \`node --cpu-prof\`; ` +
-      'deflate and inflate run on the libuv thread pool and do not appear here (the main thread is then idle: "(idle)" / "(program)").',
+      'deflate and inflate run on the libuv thread pool and do not appear here (the main thread is then idle: "(idle)" / "(program)"). ' +
+      'Samples are wall-clock: a main thread that waits in a system call or is descheduled while the pool threads use both cores is ' +
+      'counted in the native function it is in (`writeBuffer`: writing stdout or a pipe; `read`: reading a file on the pool; ' +
+      '`processChunk`: handing a block to zlib), so those rows are mostly waiting, not work. sbk-send writes its tar to a file here.',
     '',
   );
   for (const p of results.profile) {
@@ -1070,10 +1107,8 @@ async function preflight() {
       env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
     });
   }
-  log('building dist/ (tsc)');
-  execFileSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(ROOT, 'tsconfig.json')], {
-    stdio: 'inherit',
-  });
+  log('building dist/ (npm run build: tsc, then the bundles the binaries load)');
+  execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: 'inherit' });
 }
 
 async function main() {
@@ -1083,7 +1118,7 @@ async function main() {
   await preflight();
   TIMEDIR = mkdtempSync(path.join(os.tmpdir(), 'sbk-bench-time-'));
   cleanupSteps.push(async () => rmSync(TIMEDIR, { recursive: true, force: true }));
-  const meta = { date: new Date().toISOString(), machine: machineInfo(), loadStart };
+  const meta = { date: new Date().toISOString(), argv, quick: QUICK, rounds: ROUNDS, machine: machineInfo(), loadStart };
 
   // First, while nothing of ours is being written back in the background.
   if (ONLY.has('e')) await sectionHelp();
@@ -1153,6 +1188,12 @@ async function main() {
   meta.loadEnd = loadavg();
   meta.seconds = (Date.now() - t0) / 1000;
   meta.busyPct = (100 * (cpu1.busy - cpu0.busy)) / Math.max(1e-9, cpu1.total - cpu0.total);
+  if (Object.keys(results.sections).length === 0 && results.profile) {
+    // `--profile --only none`: the profiles alone; RESULTS.md stays as it is.
+    writeFileSync(path.join(ROOT, 'bench', 'PROFILE.md'), profileReport() + '\n');
+    log('wrote bench/PROFILE.md');
+    return;
+  }
   writeResults(meta);
   log(`wrote bench/RESULTS.md (${fmtS(meta.seconds / 60)} min)`);
 }

@@ -135,6 +135,8 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
       }
       return;
     }
+    // Our own error, passed on to stdout by a pipeline that failed: reported once, by run()'s caller.
+    if (err instanceof SbkError) return;
     log.error(`stdout: ${err.message}`);
     process.exitCode = ExitCode.failure;
   });

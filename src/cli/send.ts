@@ -31,7 +31,8 @@ export function main(argv: string[]): Promise<void> {
         ]);
         const version = toolVersion();
         // Per volume: bytes, rate, elapsed; on a terminal also the estimated size of the stream,
-        // asked for once the volume has been sending for a second (a short one needs none).
+        // asked for once the volume has been sending for 3 s: for many small files a metadata-only
+        // send costs the kernel up to half of what the real send does: only long volumes pay it.
         const progress = await makeProgress(ctx, args.progress);
         let meter: Meter | undefined;
         let estimating: AbortController | undefined;
@@ -54,7 +55,7 @@ export function main(argv: string[]): Promise<void> {
                         },
                         () => {}, // no estimate: the line shows no total
                       );
-                    }, 1000);
+                    }, 3000);
                     estimateTimer.unref();
                   }
                 } else {

@@ -22,6 +22,8 @@ export const META_PREFIX = 'meta/';
 /** Default size of a delta part: the memory a stage needs to frame a stream of unknown length. */
 export const DEFAULT_PART_SIZE = 8 * 1024 * 1024;
 const PART_DIGITS = 6;
+/** How much of the next part sbk-send reads while a part is being written (see addDelta). */
+const READ_AHEAD = 4 * 1024 * 1024;
 const MAX_JSON_ENTRY = 16 * 1024 * 1024;
 const MAX_META_ENTRY = 64 * 1024 * 1024;
 
@@ -185,10 +187,10 @@ export class ArchiveWriter {
 
   /**
    * Frames a send stream of unknown length as parts of at most `partSize` bytes. A part's tar
-   * header needs its size, so a part is collected before it is written; while it is written the
-   * next one is collected (at most two parts in memory), so that neither the send nor the reader
-   * of the tar stream waits for the other part by part. Both digests are taken as the bytes
-   * arrive, while they are still in the cache.
+   * header needs its size, so a part is collected before it is written; while it is written, up
+   * to READ_AHEAD bytes of the next one are collected, so that the send and the reader of the tar
+   * stream keep flowing instead of waiting for each other part by part (memory: one part plus
+   * READ_AHEAD). Both digests are taken as the bytes arrive, while they are still in the cache.
    */
   async addDelta(volume: string, stream: AsyncIterable<Buffer>, onBytes?: (n: number) => void): Promise<void> {
     const whole = createHash('sha256');
@@ -198,6 +200,7 @@ export class ArchiveWriter {
     let pendingSize = 0;
     let partHash = createHash('sha256');
     let writing: Promise<unknown> = Promise.resolve();
+    let written = true; // no part is being written
     const flush = async (last: boolean) => {
       // A stream that fits one part is stored as `<volume>.delta`, as the original tool named it.
       const name = last && part === 0 ? `${volume}.delta` : deltaPartName(volume, part);
@@ -208,7 +211,10 @@ export class ArchiveWriter {
       pendingSize = 0;
       partHash = createHash('sha256');
       await writing; // entries one after the other; a failed write stops the framing here
-      writing = this.put({ name }, chunks, digest);
+      written = false;
+      writing = this.put({ name }, chunks, digest).finally(() => {
+        written = true;
+      });
       writing.catch(() => {}); // awaited at the next part or at the end
     };
     try {
@@ -233,6 +239,7 @@ export class ArchiveWriter {
           pending.push(chunk);
           pendingSize += chunk.length;
         }
+        if (!written && pendingSize >= READ_AHEAD) await writing;
       }
       if (pendingSize > 0 || part === 0) await flush(true);
     } catch (err) {

@@ -36,10 +36,12 @@ export async function requireSubvolume(p: string, what: string): Promise<void> {
 }
 
 function btrfsError(args: string[], err: unknown): SbkError {
-  const e = err as { stderr?: string; shortMessage?: string; code?: string; message?: string };
+  const e = err as { stderr?: string | Uint8Array; shortMessage?: string; code?: string; message?: string };
   if (e.code === 'ENOENT')
     return new SbkError('btrfs not found: install btrfs-progs (apt-get install btrfs-progs)', ExitCode.failure);
-  const detail = (e.stderr ?? '').trim().split('\n').filter(Boolean).slice(-3).join('; ') || e.shortMessage || e.message;
+  // A send runs with `encoding: 'buffer'` (its stdout is binary), so its stderr is bytes too.
+  const stderr = e.stderr instanceof Uint8Array ? Buffer.from(e.stderr).toString('utf8') : (e.stderr ?? '');
+  const detail = stderr.trim().split('\n').filter(Boolean).slice(-3).join('; ') || e.shortMessage || e.message;
   return new SbkError(`btrfs ${args.join(' ')} failed: ${detail}`, ExitCode.failure, { cause: err });
 }
 
@@ -87,8 +89,14 @@ export async function snapshot(src: string, dst: string, opts: { readonly: boole
 }
 
 export async function deleteSubvolume(p: string): Promise<void> {
+  await deleteSubvolumes([p]);
+}
+
+/** One `btrfs subvolume delete` for several subvolumes (a set's volumes): one process, not four. */
+export async function deleteSubvolumes(paths: string[]): Promise<void> {
+  if (paths.length === 0) return;
   // Never cancelled: clean-up must finish even while the run is being aborted.
-  await btrfs(['subvolume', 'delete', p]);
+  await btrfs(['subvolume', 'delete', ...paths]);
 }
 
 /**

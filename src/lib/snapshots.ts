@@ -17,7 +17,7 @@ import {
   type Dirs,
 } from './layout.js';
 import { configVolumes, readContainerConfig, type VolumeRef } from './lxc.js';
-import { deleteSubvolume, isSubvolume, requireSubvolume, snapshot, subvolumeInfo } from './btrfs.js';
+import { deleteSubvolumes, isSubvolume, requireSubvolume, snapshot, subvolumeInfo, type SubvolumeInfo } from './btrfs.js';
 import { writeFileAtomic } from './atomic.js';
 import { backupLockFile, withLock } from './lock.js';
 import type { BackupRecord, SetRef, VolumeRecord } from './record.js';
@@ -120,16 +120,19 @@ export async function newestValidParent(
   for (const s of sets) {
     const uuids = new Map<string, string>();
     let ok = true;
+    const names: string[] = [];
     for (const name of await readdir(s.set)) {
-      const p = path.join(s.set, name);
-      if (name.startsWith('.') || !(await isSubvolume(p).catch(() => false))) continue;
-      const info = await subvolumeInfo(p, signal);
-      if (!info.readonly) {
-        log.warn(`snapshot ${p} is not read-only; not using ${s.name} as a parent`);
+      if (!name.startsWith('.') && (await isSubvolume(path.join(s.set, name)).catch(() => false))) names.push(name);
+    }
+    // One `btrfs subvolume show` per volume, all at once: each is mostly process start-up.
+    const infos = await Promise.all(names.map((name) => subvolumeInfo(path.join(s.set, name), signal)));
+    for (const [i, name] of names.entries()) {
+      if (!infos[i]!.readonly) {
+        log.warn(`snapshot ${path.join(s.set, name)} is not read-only; not using ${s.name} as a parent`);
         ok = false;
         break;
       }
-      uuids.set(name, info.uuid);
+      uuids.set(name, infos[i]!.uuid);
     }
     if (ok && uuids.size > 0) return { set: s, uuids };
   }
@@ -144,10 +147,12 @@ async function removeSetDir(dir: string): Promise<void> {
   } catch {
     return;
   }
+  const subvolumes: string[] = [];
   for (const n of names) {
     const p = path.join(dir, n);
-    if (await isSubvolume(p).catch(() => false)) await deleteSubvolume(p);
+    if (await isSubvolume(p).catch(() => false)) subvolumes.push(p);
   }
+  await deleteSubvolumes(subvolumes);
   await rm(dir, { recursive: true, force: true });
 }
 
@@ -281,20 +286,26 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
       ...(opts.keepSnapshots !== undefined ? { keepSnapshots: opts.keepSnapshots } : {}),
     };
     await writeFileAtomic(path.join(partialDir, RUN_FILE), JSON.stringify(run) + '\n');
-    const volumes: VolumeRecord[] = [];
-    for (const v of cv.volumes) {
-      signal?.throwIfAborted();
-      await snapshot(v.source, path.join(partialDir, v.name), { readonly: true }, signal);
-      const info = await subvolumeInfo(path.join(partialDir, v.name), signal);
-      volumes.push({
-        name: v.name,
-        mount: v.mount,
-        source: v.source,
-        snapshot: path.join(finalDir, v.name),
-        uuid: info.uuid,
-        parentUuid: !full && previous ? (previous.uuids.get(v.name) ?? null) : null,
-      });
-    }
+    signal?.throwIfAborted();
+    // All volumes at once: the snapshots are taken in (about) the same transaction, closer in
+    // time than one after the other, and the btrfs processes start in parallel. A failure of
+    // any one lets the others finish before the partial set is removed (see catch).
+    const snapshotted = await Promise.allSettled(
+      cv.volumes.map(async (v) => {
+        await snapshot(v.source, path.join(partialDir, v.name), { readonly: true }, signal);
+        return subvolumeInfo(path.join(partialDir, v.name), signal);
+      }),
+    );
+    const failed = snapshotted.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    const volumes: VolumeRecord[] = cv.volumes.map((v, i) => ({
+      name: v.name,
+      mount: v.mount,
+      source: v.source,
+      snapshot: path.join(finalDir, v.name),
+      uuid: (snapshotted[i] as PromiseFulfilledResult<SubvolumeInfo>).value.uuid,
+      parentUuid: !full && previous ? (previous.uuids.get(v.name) ?? null) : null,
+    }));
     signal?.throwIfAborted();
     await rename(partialDir, finalDir);
     const ref = (s: SetInfo | undefined): SetRef | null =>

@@ -13,7 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import { readArchives, type Manifest } from './archive.js';
-import { createAtomicFile, fsyncDir, removeStaleTemps, tempNameFor, type AtomicFile } from './atomic.js';
+import { createAtomicFile, fsyncDir, removeStaleTemps, tempNameFor, WriteBehind, WRITE_BEHIND_BYTES, type AtomicFile } from './atomic.js';
 import { crc32 } from './compression.js';
 import { SbkError, ExitCode } from './errors.js';
 import { peekStream, sniff, describeKind } from './input.js';
@@ -175,7 +175,7 @@ export async function packArchives(source: Readable, opts: PackOptions): Promise
       // Checked up front to fail before the work; the final link() checks again (no clobbering).
       if (await stat(finalPath).then(() => true, () => false))
         throw new SbkError(`${finalPath} already exists; not overwriting it`, ExitCode.conflict);
-      file = await createAtomicFile(finalPath);
+      file = await createAtomicFile(finalPath, 0o644, { writeBehind: WRITE_BEHIND_BYTES });
       sink = file.stream;
     }
     const piping = pipeline(pack, gz, digest, sink, { end: target.kind !== 'stdout', signal: opts.signal });
@@ -448,12 +448,14 @@ interface Incoming {
 async function openIncoming(dir: string): Promise<Incoming> {
   const temp = tempNameFor(path.join(dir, 'incoming.tar.gz'));
   const fh: FileHandle = await open(temp, 'wx', 0o644);
+  const behind = new WriteBehind(fh, WRITE_BEHIND_BYTES);
   const hash: Hash = createHash('sha256');
   let closed = false;
   let committed = false;
   const close = async () => {
     if (!closed) {
       closed = true;
+      await behind.settle().catch(() => {}); // never close under a flush in flight
       await fh.close();
     }
   };
@@ -469,9 +471,11 @@ async function openIncoming(dir: string): Promise<Incoming> {
       }
       hash.update(b);
       inc.size += b.length;
+      behind.wrote(b.length);
     },
     sha256: () => hash.copy().digest('hex'),
     async commit(finalPath) {
+      await behind.settle();
       await fh.sync();
       await close();
       try {

@@ -8,7 +8,8 @@ const root = fileURLToPath(new URL('../..', import.meta.url));
 
 export function setup(): void {
   process.env.SBK_TEST_RUN = String(process.pid);
-  execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });
+  // tsc, then the bundles in dist/bundle that bin/sbk-* load (see package.json's build script).
+  execFileSync('npm', ['run', '--silent', 'build'], { cwd: root, stdio: 'inherit' });
 }
 
 export async function teardown(): Promise<void> {

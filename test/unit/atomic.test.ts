@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
-import { createAtomicFile, writeFileAtomic, tempNameFor, isTempName, fsyncDir } from '../../src/lib/atomic.js';
+import { createAtomicFile, writeFileAtomic, tempNameFor, isTempName, fsyncDir, WriteBehind } from '../../src/lib/atomic.js';
 import { SbkError, ExitCode } from '../../src/lib/errors.js';
 
 // Faults the file system cannot be made to give on demand without root: short writes (what
@@ -273,5 +273,80 @@ describe('fsyncDir', () => {
   it('syncs a directory; a missing one is an error', async () => {
     await fsyncDir(dir);
     await expect(fsyncDir(path.join(dir, 'nope'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
+
+describe('WriteBehind (flushing a big file while it is written)', () => {
+  /** A file handle whose datasync is counted and finishes when the test says so. */
+  function fakeHandle() {
+    const calls: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+    const fh = {
+      datasync: () =>
+        new Promise<void>((resolve, reject) => {
+          calls.push({ resolve, reject });
+        }),
+    };
+    return { fh: fh as unknown as import('node:fs/promises').FileHandle, calls };
+  }
+  const tick = () => new Promise((r) => setImmediate(r));
+
+  it('flushes each time `every` more bytes were written, one flush at a time', async () => {
+    const { fh, calls } = fakeHandle();
+    const wb = new WriteBehind(fh, 1000);
+    wb.wrote(600);
+    expect(calls.length).toBe(0);
+    wb.wrote(600);
+    expect(calls.length).toBe(1);
+    wb.wrote(5000); // a flush is in flight: no second one
+    expect(calls.length).toBe(1);
+    calls[0]!.resolve();
+    await tick();
+    wb.wrote(1000);
+    expect(calls.length).toBe(2);
+    calls[1]!.resolve();
+    await wb.settle();
+  });
+
+  it('never flushes when `every` is 0 (small files)', () => {
+    const { fh, calls } = fakeHandle();
+    const wb = new WriteBehind(fh, 0);
+    wb.wrote(1e9);
+    expect(calls.length).toBe(0);
+  });
+
+  it('settle waits for the flush in flight and reports its error', async () => {
+    const { fh, calls } = fakeHandle();
+    const wb = new WriteBehind(fh, 10);
+    wb.wrote(10);
+    let settled = false;
+    const s = wb.settle().then(
+      () => (settled = true),
+      (e: Error) => e,
+    );
+    await tick();
+    expect(settled).toBe(false);
+    calls[0]!.reject(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    expect(await s).toMatchObject({ code: 'EIO' });
+  });
+
+  it('createAtomicFile with writeBehind: the whole file arrives, flushed on the way', async () => {
+    const final = path.join(dir, 'big.tar.gz');
+    const f = await createAtomicFile(final, 0o644, { writeBehind: 64 * 1024 });
+    const body = data(2 * 1024 * 1024 + 5);
+    const chunks: Buffer[] = [];
+    for (let o = 0; o < body.length; o += 100_000) chunks.push(body.subarray(o, o + 100_000));
+    await writeAll(f, chunks);
+    await f.commit({ noClobber: true });
+    expect((await readFile(final)).equals(body)).toBe(true);
+    expect(await ls()).toEqual(['big.tar.gz']);
+  });
+
+  it('createAtomicFile with writeBehind: abort while flushing leaves nothing', async () => {
+    const final = path.join(dir, 'cut.tar.gz');
+    const f = await createAtomicFile(final, 0o644, { writeBehind: 1 });
+    f.stream.write(data(300_000));
+    await new Promise((r) => setTimeout(r, 5));
+    await f.abort();
+    expect(await ls()).toEqual([]);
   });
 });
