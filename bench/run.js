@@ -899,11 +899,17 @@ function report(meta) {
     if (S.b.empty) {
       const fixed = med(S.b.empty.sbk) - med(S.b.empty['btrfs send | pigz']);
       const extra = med(S.b.inc.sbk) - med(S.b.inc['btrfs send | pigz']);
+      const fixedCpu = med(S.b.empty.sbk, cpuOf) - med(S.b.empty['btrfs send | pigz'], cpuOf);
+      const incCpu = { sbk: med(S.b.inc.sbk, cpuOf), base: med(S.b.inc['btrfs send | pigz'], cpuOf) };
+      const cores = meta.machine?.nproc ?? os.availableParallelism();
       L.push(
         `An incremental with nothing changed shows what a backup costs beyond its data: ${fmtS(fixed)} s more than by hand ` +
-          '(three Node processes starting, about 0.2 s of CPU each; sbk-snap\'s lock and parent checks; sbk-pack\'s fsync, lock, ' +
+          `(three Node processes starting, ${fmtS(fixedCpu)} s of CPU in all; sbk-snap\'s lock and parent checks; sbk-pack\'s fsync, lock, ` +
           `confirmation and pruning). Of the incremental's ${fmtS(extra)} s over the baseline, that fixed part is ` +
-          `${Math.round((100 * fixed) / Math.max(extra, 1e-9))}%; it does not grow with the delta, so the ratio falls towards the Full's as deltas grow.`,
+          `${Math.round((100 * fixed) / Math.max(extra, 1e-9))}%; it does not grow with the delta, so the ratio falls towards the Full's as deltas grow. ` +
+          `Both pipes keep the ${cores} cores busy (CPU time / wall time: sbk ${(incCpu.sbk / med(S.b.inc.sbk)).toFixed(2)}, ` +
+          `baseline ${(incCpu.base / med(S.b.inc['btrfs send | pigz'])).toFixed(2)}), so the wall-clock gap follows the CPU sbk spends beyond the ` +
+          `baseline: ${fmtS(incCpu.sbk - incCpu.base)} s, which on ${cores} cores is ${fmtS((incCpu.sbk - incCpu.base) / cores)} s.`,
         '',
       );
     }

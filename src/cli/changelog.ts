@@ -6,7 +6,7 @@ import { runCli, writeOut, type CliSpec, type Context } from './common.js';
 import { SbkError, ExitCode, usageError } from '../lib/errors.js';
 import { readRecords, formatRecord, type BackupRecord } from '../lib/record.js';
 import { SET_CHANGELOG } from '../lib/layout.js';
-import { createAtomicFile } from '../lib/atomic.js';
+import { createAtomicFile, exists } from '../lib/atomic.js';
 import type { ChangelogLine, ChangelogOptions, Method } from '../lib/changelog.js';
 
 // The work's modules (execa, the send-stream parser) are loaded for a real run only: --help
@@ -28,16 +28,6 @@ interface Args {
   between?: string[];
   fromStream: boolean;
   mount?: string;
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await lstat(p);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
-  }
 }
 
 async function requireDir(p: string, what: string): Promise<void> {

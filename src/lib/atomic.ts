@@ -1,7 +1,7 @@
 // Atomic file writes: data goes to a temporary name in the same directory, is fsynced, then
 // renamed over the final name, and the directory is fsynced. A killed run leaves at most a
 // `.<name>.tmp-<pid>-<n>` file, never a half-written file under the final name.
-import { open, readdir, rename, rm, link, unlink, stat } from 'node:fs/promises';
+import { open, readdir, rename, rm, link, unlink, stat, lstat } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -36,6 +36,17 @@ export async function removeStaleTemps(dir: string, opts: { minAgeMs?: number } 
   return removed;
 }
 
+
+/** True if something (even a dangling symlink) is at `p`; false only for ENOENT, other errors thrown. */
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await lstat(p);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
 
 export async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);

@@ -347,20 +347,24 @@ export function parseAtTime(s: string): number {
   const [, y, mo, d, h = '00', mi = '00', sec = '00', , zone] = m;
   const nums = [Number(y), Number(mo), Number(d), Number(h), Number(mi), Number(sec)] as const;
   if (nums[1] < 1 || nums[1] > 12 || nums[2] < 1 || nums[2] > 31 || nums[3] > 23 || nums[4] > 59 || nums[5] > 59) throw bad();
-  let ms: number;
-  if (zone === undefined) {
-    ms = new Date(nums[0], nums[1] - 1, nums[2], nums[3], nums[4], nums[5]).getTime();
+  // Fields set one by one: `new Date(y, …)` and `Date.UTC(y, …)` read years 0–99 as 1900–1999.
+  const utc = zone !== undefined;
+  const date = new Date(0);
+  if (utc) {
+    date.setUTCFullYear(nums[0], nums[1] - 1, nums[2]);
+    date.setUTCHours(nums[3], nums[4], nums[5], 0);
   } else {
-    ms = Date.UTC(nums[0], nums[1] - 1, nums[2], nums[3], nums[4], nums[5]);
-    if (zone.toUpperCase() !== 'Z') {
-      const zm = /^([+-])(\d{2}):?(\d{2})?$/.exec(zone)!;
-      const off = (Number(zm[2]) * 60 + Number(zm[3] ?? 0)) * 60_000;
-      ms -= zm[1] === '+' ? off : -off;
-    }
+    date.setFullYear(nums[0], nums[1] - 1, nums[2]);
+    date.setHours(nums[3], nums[4], nums[5], 0);
   }
   // Date rolls 2024-02-31 over into March; refuse instead.
-  const check = zone === undefined ? new Date(ms) : new Date(Date.UTC(nums[0], nums[1] - 1, nums[2]));
-  if ((zone === undefined ? check.getDate() : check.getUTCDate()) !== nums[2]) throw bad();
+  if ((utc ? date.getUTCDate() : date.getDate()) !== nums[2]) throw bad();
+  let ms = date.getTime();
+  if (utc && zone.toUpperCase() !== 'Z') {
+    const zm = /^([+-])(\d{2}):?(\d{2})?$/.exec(zone)!;
+    const off = (Number(zm[2]) * 60 + Number(zm[3] ?? 0)) * 60_000;
+    ms -= zm[1] === '+' ? off : -off;
+  }
   if (!Number.isFinite(ms)) throw bad();
   return Math.floor(ms / 1000);
 }

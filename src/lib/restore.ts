@@ -26,7 +26,7 @@ import { linkProblem, readArchiveHead, readError } from './chain.js';
 import { SbkError, ExitCode } from './errors.js';
 import { checkContainerName, formatTime, type ParsedArchiveName } from './layout.js';
 import { parseLxcConfig, rewriteConfigForRestore, rootfsPath, configValue, serializeLxcConfig } from './lxc.js';
-import { fsyncDir } from './atomic.js';
+import { exists, fsyncDir } from './atomic.js';
 import { SendStreamReader } from './sendstream.js';
 import type { Log } from './log.js';
 import { isProcessAlive } from './proc.js';
@@ -108,16 +108,6 @@ export function sendStreamCheck(what: () => string): StreamCheck {
 const TEMP_PREFIX = '.sbk-restore-';
 const TEMP_RE = /^\.sbk-restore-(.+)-(\d+)$/;
 
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await lstat(p);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
-  }
-}
 
 /** Subvolumes below `dir` (not `dir` itself), not descending into them. */
 async function nestedSubvolumes(dir: string): Promise<string[]> {

@@ -212,8 +212,17 @@ describe('parseAtTime', () => {
     expect(parseAtTime('2016-10-24T08:37:17')).toBe(new Date(2016, 9, 24, 8, 37, 17).getTime() / 1000);
     expect(parseAtTime('2016-10-24')).toBe(new Date(2016, 9, 24).getTime() / 1000);
   });
+  it('reads years 0000–0099 as written, not as 1900–1999', () => {
+    expect(parseAtTime('0001-01-01T00:00:00Z')).toBe(-62135596800);
+    expect(parseAtTime('0099-12-31T23:59:59Z')).toBe(-59011459201);
+    expect(parseAtTime('1999-12-31T23:59:59Z')).toBe(946684799);
+    const local = new Date(0);
+    local.setFullYear(50, 5, 1);
+    local.setHours(12, 0, 0, 0);
+    expect(parseAtTime('0050-06-01T12:00')).toBe(local.getTime() / 1000);
+  });
   it('refuses anything else with a usage error', () => {
-    for (const bad of ['yesterday', '2016-02-31', '2016-13-01', '24.10.2016', '', '1e9', '2016-10-24T25:00']) {
+    for (const bad of ['0099-02-29', 'yesterday', '2016-02-31', '2016-13-01', '24.10.2016', '', '1e9', '2016-10-24T25:00']) {
       expect(() => parseAtTime(bad), bad).toThrow(SbkError);
       try {
         parseAtTime(bad);
