@@ -113,6 +113,12 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
   const log = new Log(spec.name);
   const controller = new AbortController();
   let stopReason: 'signal' | 'pipe' | undefined;
+  // While run() is going: an error stdout emitted then.
+  let running = false;
+  let stdoutError: Error | undefined;
+  const reportStdoutError = (unless?: unknown) => {
+    if (stdoutError && stdoutError !== unless) log.error(`stdout: ${stdoutError.message}`);
+  };
   let signalExit: number = ExitCode.interrupted;
   const onSignal = (sig: NodeJS.Signals) => {
     if (controller.signal.aborted) {
@@ -137,8 +143,12 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
     }
     // Our own error, passed on to stdout by a pipeline that failed: reported once, by run()'s caller.
     if (err instanceof SbkError) return;
-    log.error(`stdout: ${err.message}`);
     process.exitCode = ExitCode.failure;
+    // While run() is going, a pipeline that failed passes its error (any error: a missing
+    // directory, a full disk) on to stdout too: keep it, and report it when run() ends unless
+    // run() reports that same error itself.
+    if (running) stdoutError ??= err;
+    else log.error(`stdout: ${err.message}`);
   });
 
   let args: A & CommonArgs & { _: (string | number)[] };
@@ -169,14 +179,21 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
   process.once('beforeExit', unsettled);
   try {
     const dirs = resolveDirs({ lxcDir: args.lxcDir, backupDir: args.backupDir });
+    running = true;
     const code = await spec.run(args, { log, dirs, signal: controller.signal });
+    running = false;
     if (stopReason === 'pipe' && !spec.brokenPipeIsOk) {
       log.error('the reader of stdout went away (broken pipe)');
       process.exitCode = ExitCode.failure;
     } else if (stopReason === 'signal') {
       process.exitCode = signalExit;
+    } else if (stdoutError) {
+      reportStdoutError();
+      process.exitCode = ExitCode.failure;
     } else if (typeof code === 'number') process.exitCode = code;
   } catch (err) {
+    running = false;
+    if (!stopReason) reportStdoutError(err);
     if (stopReason === 'signal') {
       process.exitCode = signalExit;
     } else if (stopReason === 'pipe') {
