@@ -146,6 +146,10 @@ export async function createAtomicFile(finalPath: string, mode = 0o644, opts: { 
       cb();
     },
   });
+  // A failed write (a full disk) is reported to the writer by write()'s and end()'s callbacks,
+  // by writeChunk, or by the pipeline writing into the stream; never as an unheard 'error' event
+  // that would crash the process before abort() could remove the temporary file.
+  stream.on('error', () => {});
   const close = async () => {
     if (!closed) {
       closed = true;
@@ -184,6 +188,30 @@ export async function createAtomicFile(finalPath: string, mode = 0o644, opts: { 
       await rm(tempPath, { force: true });
     },
   };
+}
+
+/**
+ * Writes a chunk into a stream honouring backpressure; rejects when the stream fails (a full
+ * disk) before or while its 'drain' is awaited, which would otherwise never come.
+ */
+export async function writeChunk(stream: Writable, chunk: Buffer): Promise<void> {
+  if (stream.errored) throw stream.errored;
+  if (stream.write(chunk)) return;
+  await new Promise<void>((resolve, reject) => {
+    const done = (err?: Error | null) => {
+      stream.off('drain', onDrain);
+      stream.off('error', done);
+      stream.off('close', onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onClose = () => done(stream.errored ?? new Error('the stream was closed while being written'));
+    if (stream.errored || stream.destroyed) return onClose();
+    stream.once('drain', onDrain);
+    stream.once('error', done);
+    stream.once('close', onClose);
+  });
 }
 
 /** Writes a whole small file atomically. */

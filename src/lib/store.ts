@@ -13,7 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import { readArchives, type Manifest } from './archive.js';
-import { createAtomicFile, fsyncDir, removeStaleTemps, tempNameFor, WriteBehind, WRITE_BEHIND_BYTES, type AtomicFile } from './atomic.js';
+import { createAtomicFile, fsyncDir, removeStaleTemps, tempNameFor, writeChunk, WriteBehind, WRITE_BEHIND_BYTES, type AtomicFile } from './atomic.js';
 import { crc32 } from './compression.js';
 import { SbkError, ExitCode } from './errors.js';
 import { peekStream, sniff, describeKind } from './input.js';
@@ -203,7 +203,7 @@ export async function packArchives(source: Readable, opts: PackOptions): Promise
       if (header.type === 'directory') return;
       (async () => {
         for await (const c of body) {
-          if (tee && !tee.write(c)) await new Promise<void>((r) => tee.once('drain', () => r()));
+          if (tee) await writeChunk(tee, c);
           if (!sink.write(c)) await new Promise<void>((r) => sink.once('drain', () => r()));
         }
         (sink as unknown as { end(): void }).end();
@@ -525,7 +525,7 @@ async function readMemberArchive(tarStream: Readable, index: number, dir: string
     } else if (entry.role === 'changelog') {
       const f = (state.changelog = await createAtomicFile(path.join(dir, changelogFileName(m.container, m.time))));
       for await (const c of entry.body) {
-        if (!f.stream.write(c)) await new Promise<void>((r) => f.stream.once('drain', () => r()));
+        await writeChunk(f.stream, c);
       }
       await new Promise<void>((resolve, reject) => f.stream.end((err?: Error | null) => (err ? reject(err) : resolve())));
     } else if (entry.role === 'trailer') {

@@ -1,0 +1,58 @@
+// sbk-pack storing into a directory that fills up while the changelog sidecar is written
+// (a tmpfs far smaller than the changelog): the error is reported as a full disk, with no
+// stack trace and no unhandled 'error' event, and no temporary file is left behind.
+import { describe, it, expect, beforeAll, afterAll, beforeEach } from 'vitest';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { e2eMode, makeSandbox, makeContainer, randomish, sh, unmount, type Sandbox } from '../helpers/sandbox.js';
+
+const mode = e2eMode();
+
+describe.skipIf(mode === 'skip')('sbk-pack --store when the disk fills up in the changelog', () => {
+  let sb: Sandbox;
+  let tiny = '';
+  let records = '';
+
+  beforeAll(async () => {
+    sb = await makeSandbox({ sizeMiB: 256, name: 'enospc' });
+    await makeContainer(sb, 'c1');
+    tiny = path.join(sb.dir, 'tiny');
+    await mkdir(tiny);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', tiny]);
+    const r = await sh('sbk-snap c1', sb);
+    expect(r.exitCode, r.stderr).toBe(0);
+    // A changelog of 2.7 MB: its sidecar cannot fit, while the compressor still holds the archive.
+    const rec = JSON.parse(r.stdout);
+    rec.changelog = path.join(sb.dir, 'changelog.txt');
+    await writeFile(rec.changelog, randomish(2 * 1024 * 1024, 3).toString('base64'));
+    records = path.join(sb.dir, 'rec.ndjson');
+    await writeFile(records, JSON.stringify(rec) + '\n');
+  }, 120_000);
+
+  afterAll(async () => {
+    if (tiny) await unmount(tiny);
+    await sb?.cleanup();
+  });
+
+  beforeEach(async () => {
+    for (const n of await readdir(tiny)) await rm(path.join(tiny, n), { force: true });
+  });
+
+  const expectCleanFailure = async (r: { exitCode?: number; stderr: string }) => {
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/sbk-pack: no space left on device/);
+    expect(r.stderr).not.toMatch(/Unhandled 'error' event|at .*\.m?js:\d+/);
+    expect(await readdir(tiny)).toEqual([]); // no temporary file left
+  };
+
+  it('from the tar stream of sbk-send', async () => {
+    const r = await sh(`sbk-send < ${records} | sbk-pack --store ${tiny}`, sb);
+    await expectCleanFailure(r);
+  });
+
+  it('from the gzip stream of sbk-pack -o -', async () => {
+    const r = await sh(`sbk-send < ${records} | sbk-pack -o - | sbk-pack --store ${tiny}`, sb);
+    await expectCleanFailure(r);
+  });
+});
