@@ -33,13 +33,17 @@ export async function acquireLock(file: string, opts: LockOptions): Promise<Lock
   const waitArgs = opts.wait === undefined ? ['-n'] : opts.wait === Infinity ? [] : ['-w', String(opts.wait)];
   // -F: flock execs the shell, which execs cat: the process that holds the lock is the one
   // reading our pipe, and it exits at EOF (when we release or die).
+  // The signal stops the wait only: once taken, the lock is held until release(), so that a
+  // run stopped by a signal still cleans up under it (a cancelSignal would kill the holder).
+  opts.signal?.throwIfAborted();
   const child = execa('flock', ['-x', ...waitArgs, '-E', String(CONFLICT), '-F', file, 'sh', '-c', 'echo locked; exec cat >/dev/null'], {
     stdin: 'pipe',
     stdout: 'pipe',
     stderr: 'pipe',
     buffer: false,
-    cancelSignal: opts.signal,
   });
+  const stopWaiting = () => child.kill();
+  opts.signal?.addEventListener('abort', stopWaiting, { once: true });
   const acquired = await new Promise<boolean>((resolve, reject) => {
     child.stdout!.once('data', () => resolve(true));
     child.then(
@@ -51,7 +55,7 @@ export async function acquireLock(file: string, opts: LockOptions): Promise<Lock
         else reject(new SbkError(`cannot lock ${file}: ${String((err as Error).message)}`, ExitCode.failure));
       },
     );
-  });
+  }).finally(() => opts.signal?.removeEventListener('abort', stopWaiting));
   if (!acquired) {
     const who = await describeHolder(file);
     const waited = opts.wait === undefined ? '' : ` (waited ${opts.wait} s)`;
