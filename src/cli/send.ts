@@ -85,7 +85,9 @@ export function main(argv: string[]): Promise<void> {
             } catch (err) {
               // No trailer was written: downstream sees an incomplete archive and stores nothing.
               pack.destroy(err as Error);
-              await piping.catch(() => {});
+              // When the output failed first (a full disk), the framing fails with a bare "already
+              // finalized or destroyed": the pipeline rejects with the output's own error, report that.
+              await piping;
               throw err;
             }
             ctx.log.verbose(`${record.name}: sent`);

@@ -1,6 +1,7 @@
-// sbk-pack storing into a directory that fills up while the changelog sidecar is written
-// (a tmpfs far smaller than the changelog): the error is reported as a full disk, with no
-// stack trace and no unhandled 'error' event, and no temporary file is left behind.
+// Outputs that fill up (a tmpfs far smaller than what is written): sbk-pack storing into a
+// directory while the changelog sidecar is written, sbk-send writing its tar into a file. The
+// error is reported once, as a full disk, with no stack trace and no unhandled 'error' event,
+// and no temporary file is left behind.
 import { describe, it, expect, beforeAll, afterAll, beforeEach } from 'vitest';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -54,5 +55,34 @@ describe.skipIf(mode === 'skip')('sbk-pack --store when the disk fills up in the
   it('from the gzip stream of sbk-pack -o -', async () => {
     const r = await sh(`sbk-send < ${records} | sbk-pack -o - | sbk-pack --store ${tiny}`, sb);
     await expectCleanFailure(r);
+  });
+});
+
+describe.skipIf(mode === 'skip')('sbk-send writing to a full disk', () => {
+  let sb: Sandbox;
+  let tiny = '';
+  let records = '';
+
+  beforeAll(async () => {
+    sb = await makeSandbox({ sizeMiB: 256, name: 'enospc-send' });
+    await makeContainer(sb, 'c1');
+    tiny = path.join(sb.dir, 'tiny');
+    await mkdir(tiny);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', tiny]);
+    const r = await sh('sbk-snap c1', sb);
+    expect(r.exitCode, r.stderr).toBe(0);
+    records = path.join(sb.dir, 'rec.ndjson');
+    await writeFile(records, r.stdout);
+  }, 120_000);
+
+  afterAll(async () => {
+    if (tiny) await unmount(tiny);
+    await sb?.cleanup();
+  });
+
+  it('exit 1, "no space left on device" once, no internal error', async () => {
+    const r = await sh(`sbk-send < ${records} > ${tiny}/out.tar`, sb);
+    expect(r.stderr.split('\n').filter(Boolean)).toEqual(['sbk-send: no space left on device']);
+    expect(r.exitCode).toBe(1);
   });
 });
