@@ -158,15 +158,33 @@ async function removeSetDir(dir: string): Promise<void> {
 
 /**
  * Removes the snapshot set of a backup that failed in sbk-pack: only when it is here and not
- * confirmed (a confirmed set has its archive and may be a parent).
+ * confirmed (a confirmed set has its archive and may be a parent). The sbk-send upstream may
+ * still be sending from it for a moment (btrfs refuses to delete a snapshot during a send, with
+ * EPERM) until it sees that sbk-pack stopped reading: the delete is retried for `retryMs`.
  */
-export async function discardFailedSet(dirs: Dirs, container: string, time: number, full: boolean, log: Log): Promise<void> {
+export async function discardFailedSet(
+  dirs: Dirs,
+  container: string,
+  time: number,
+  full: boolean,
+  log: Log,
+  opts: { retryMs?: number } = {},
+): Promise<void> {
   const set = path.join(dirs.backupDir, container, setDirName(time, full));
   if (!(await stat(set).then((s) => s.isDirectory(), () => false))) return; // not made here
   await withLock(backupLockFile(dirs.backupDir, container), { holder: `sbk-pack (removing ${path.basename(set)})`, wait: 60 }, async () => {
     const here = await stat(set).then((s) => s.isDirectory(), () => false);
     if (!here || (await stat(path.join(set, CONFIRMED_MARKER)).then(() => true, () => false))) return;
-    await removeSetDir(set);
+    const until = Date.now() + (opts.retryMs ?? 10_000);
+    for (;;) {
+      try {
+        await removeSetDir(set);
+        break;
+      } catch (err) {
+        if (Date.now() >= until) throw err;
+        await sleep(200);
+      }
+    }
     log.info(`removed the snapshots of the failed backup ${backupName(container, time, full)}`);
   });
 }

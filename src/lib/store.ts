@@ -5,6 +5,7 @@
 // `--store DIR` (storeArchives) is the receiving end of a remote backup: it also takes the gzip
 // stream of `sbk-pack -o -` and keeps the sender's bytes, verifying them on the way in.
 import { createHash, type Hash } from 'node:crypto';
+import { closeSync } from 'node:fs';
 import { link, open, readdir, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
@@ -136,6 +137,22 @@ async function writeOrExplain(o: { piping: Promise<void> }, write: () => Promise
   }
 }
 
+/**
+ * Stops reading the input for good, so that the writer upstream gets EPIPE now rather than when
+ * this process exits. libuv never closes fds 0-2, so stdin's fd is closed here.
+ */
+async function stopReading(source: Readable, input: Readable): Promise<void> {
+  input.destroy();
+  source.destroy();
+  if (source !== process.stdin) return;
+  if (!source.closed) await new Promise((resolve) => source.once('close', resolve));
+  try {
+    closeSync(0);
+  } catch {
+    // already closed
+  }
+}
+
 export async function packArchives(source: Readable, opts: PackOptions): Promise<StoredArchive[]> {
   const input = await checkInput(source);
   const { target, log } = opts;
@@ -259,7 +276,9 @@ export async function packArchives(source: Readable, opts: PackOptions): Promise
   } catch (err) {
     await abort(current, err);
     if (current && target.kind === 'store') {
-      // The backup failed here: its snapshot set (unconfirmed, on this host) is of no use.
+      // The backup failed here: its snapshot set (unconfirmed, on this host) is of no use. Stop
+      // reading first, so that the sbk-send upstream stops sending from it (see discardFailedSet).
+      await stopReading(source, input);
       const m = current.manifest;
       await discardFailedSet(target.dirs, m.container, m.time, m.full, log).catch((e: Error) =>
         log.warn(`${m.name}: could not remove its snapshot set: ${e.message}`),
