@@ -445,6 +445,9 @@ export class Restore {
       const r = receive(dir, this.signal);
       // Errors of stdin (EPIPE when receive dies) surface through `done` with btrfs's message.
       r.stdin.on('error', () => {});
+      // A receive may fail while nothing awaits it (the input is slow to come): that must stop
+      // the restore now, with btrfs's message, not crash the process as an unhandled rejection.
+      r.done.catch((err: unknown) => this.internal.abort(err));
       // Every command's CRC32C is checked before its last bytes reach btrfs receive, so a
       // corrupt delta is reported as such (not as a receive failure) and never applied; this
       // also finds a stream cut at a command boundary, which receive would accept. (sha256
