@@ -470,6 +470,10 @@ export class Restore {
       // If btrfs receive failed, its message says why; otherwise the read failed.
       if ((err as NodeJS.ErrnoException).code === 'EPIPE') {
         await rec.done;
+        // It exited 0 without taking the rest of the stream.
+        throw new SbkError(`${cur.id.name}: btrfs receive of ${volume} stopped reading its send stream before the end`, ExitCode.failure, {
+          cause: err,
+        });
       }
       throw err;
     }

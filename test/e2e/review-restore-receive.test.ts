@@ -6,7 +6,7 @@ import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { execa } from 'execa';
-import { e2eMode, makeSandbox, sh, ROOT, type Sandbox } from '../helpers/sandbox.js';
+import { e2eMode, makeSandbox, makeContainer, randomish, sh, ROOT, type Sandbox } from '../helpers/sandbox.js';
 
 const mode = e2eMode();
 const FIXTURES = path.join(ROOT, 'test/fixtures/archives');
@@ -25,6 +25,8 @@ async function faultyBtrfs(dir: string, when: string, body: string): Promise<str
 describe.skipIf(mode === 'skip')('sbk-unpack when btrfs fails under it', () => {
   let sb: Sandbox;
   let fullTar: string;
+  /** A Full of container big, whose rootfs delta is far larger than a pipe's buffer. */
+  let bigFull: string;
 
   const subvolumes = async () =>
     (await execa('btrfs', ['subvolume', 'list', sb.mnt])).stdout
@@ -39,6 +41,11 @@ describe.skipIf(mode === 'skip')('sbk-unpack when btrfs fails under it', () => {
     await mkdir(sb.lxcDir, { recursive: true });
     fullTar = path.join(sb.dir, 'full.tar');
     await writeFile(fullTar, zlib.gunzipSync(await readFile(FULL)));
+    const c = await makeContainer(sb, 'big', { volumes: ['rootfs', 'home'] });
+    await writeFile(path.join(c, 'rootfs/payload.bin'), randomish(4 * 1024 * 1024, 5));
+    const r = await sh('sbk-snap big | sbk-send | sbk-pack', sb);
+    expect(r.exitCode, r.stderr).toBe(0);
+    bigFull = r.stdout.trim();
   });
 
   afterAll(async () => {
@@ -53,12 +60,24 @@ describe.skipIf(mode === 'skip')('sbk-unpack when btrfs fails under it', () => {
     );
     // The first 6 KiB of rootfs's delta, then a pause (a slow ssh pipe), then the rest.
     const cut = 3584 + 6000;
+    const before = await subvolumes();
     const r = await sh(`{ head -c ${cut} '${fullTar}'; sleep 2; tail -c +${cut + 1} '${fullTar}'; } | sbk-unpack --as slow`, sb, withBin(bin));
     expect(r.stderr).toMatch(/simulated receive failure/);
     expect(r.stderr.match(/simulated receive failure/g)).toHaveLength(1);
     expect(r.stderr).not.toMatch(/at .*\.m?js:\d+|internal error/);
     expect(r.exitCode).toBe(1);
     expect(await leftovers()).toEqual([]);
-    expect(await subvolumes()).toEqual(['lxc']);
+    expect(await subvolumes()).toEqual(before);
+  });
+
+  it('a receive that exits 0 before reading its whole stream: a clear error (exit 1), no stack, nothing left', async () => {
+    const bin = await faultyBtrfs(path.join(sb.dir, 'bin-quits'), 'receive*', '  exec head -c 100 >/dev/null');
+    const before = await subvolumes();
+    const r = await sh(`sbk-unpack --as quits '${bigFull}'`, sb, withBin(bin));
+    expect(r.stderr).not.toMatch(/at .*\.m?js:\d+|internal error|EPIPE/);
+    expect(r.stderr).toMatch(/btrfs receive of rootfs stopped reading/);
+    expect(r.exitCode).toBe(1);
+    expect(await leftovers()).toEqual([]);
+    expect(await subvolumes()).toEqual(before);
   });
 });
