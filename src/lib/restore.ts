@@ -388,18 +388,25 @@ export class Restore {
       signal: this.signal,
     });
     const target = path.join(lxcDir, name);
+    // Leftovers of a restore of this name that was killed (its process is gone). One killed
+    // between the two renames of --force holds the replaced container in old/, and nothing is
+    // at the target: that is the only copy, put back (as cleanup() would have) before anything.
+    for (const n of await readdir(lxcDir)) {
+      const m = TEMP_RE.exec(n);
+      if (!m || m[1] !== name || isProcessAlive(Number(m[2]))) continue;
+      const old = path.join(lxcDir, n, 'old');
+      if ((await exists(old)) && !(await exists(target))) {
+        log.warn(`put ${name} back at ${target} from ${old}, where a restore that did not finish had left it`);
+        await rename(old, target);
+      }
+      log.info(`removing ${path.join(lxcDir, n)}, left by a restore that did not finish`);
+      await removeTree(path.join(lxcDir, n));
+    }
     if (!this.opts.force && (await exists(target)))
       throw new SbkError(
         `container ${name} already exists at ${target}; restore under another name with --as NAME, or replace it with --force`,
         ExitCode.conflict,
       );
-    // Leftovers of a restore of this name that was killed (its process is gone).
-    for (const n of await readdir(lxcDir)) {
-      const m = TEMP_RE.exec(n);
-      if (!m || m[1] !== name || isProcessAlive(Number(m[2]))) continue;
-      log.info(`removing ${path.join(lxcDir, n)}, left by a restore that did not finish`);
-      await removeTree(path.join(lxcDir, n));
-    }
     const tmp = path.join(lxcDir, `${TEMP_PREFIX}${name}-${process.pid}`);
     await mkdir(tmp, { mode: 0o700 });
     this.tmp = tmp;
