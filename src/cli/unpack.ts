@@ -109,6 +109,10 @@ export function main(argv: string[]): Promise<void> {
         const shown = await makeProgress(ctx, args.progress, { last: true });
         const progress = shown.enabled ? restoreProgress(shown, (await import('../lib/progress.js')).formatBytes) : undefined;
         const positional = args._.map(String);
+        // A signal must stop a read of stdin that waits for its writer (before the first byte,
+        // or in a list of paths), as the restore itself stops a waiting read of archive bytes.
+        const stopStdin = () => process.stdin.destroy(ctx.signal.reason as Error);
+        if (!positional.length) ctx.signal.addEventListener('abort', stopStdin, { once: true });
         try {
           const { inputs, files } = positional.length
             ? { inputs: await fileInputs(positional), files: true }
@@ -128,6 +132,7 @@ export function main(argv: string[]): Promise<void> {
             progress,
           });
         } finally {
+          ctx.signal.removeEventListener('abort', stopStdin);
           shown.close();
           // A failed or interrupted run may leave a read of stdin pending (a writer that keeps
           // the pipe open): close it, or the process would wait for that writer to finish.
