@@ -27,7 +27,7 @@ import { SbkError, ExitCode } from './errors.js';
 import { checkContainerName, formatTime, type ParsedArchiveName } from './layout.js';
 import { parseLxcConfig, rewriteConfigForRestore, rootfsPath, configValue, serializeLxcConfig } from './lxc.js';
 import { exists, fsyncDir } from './atomic.js';
-import { SendStreamReader } from './sendstream.js';
+import { ReceiveGuard, SendStreamReader } from './sendstream.js';
 import type { Log } from './log.js';
 import { isProcessAlive } from './proc.js';
 
@@ -86,8 +86,9 @@ export interface StreamCheck {
  * A StreamCheck on src/lib/sendstream.ts's parser. Its errors start with `what()` (the archive
  * and the entry being read: a stream spans parts) and give the byte offset in the whole stream.
  */
-export function sendStreamCheck(what: () => string): StreamCheck {
-  const reader = new SendStreamReader(undefined, { decode: 'first' });
+export function sendStreamCheck(what: () => string, guard: ReceiveGuard = new ReceiveGuard()): StreamCheck {
+  // Every command decoded (its data skipped), for the guard: what receive would do with it.
+  const reader = new SendStreamReader((c) => guard.check(c), { decode: 'all' });
   const named = (f: () => unknown) => {
     try {
       f();
@@ -285,6 +286,13 @@ export class Restore {
   private readonly internal = new AbortController();
   private readonly signal: AbortSignal;
   private readonly isRoot = process.getuid?.() === 0;
+  /** One per volume, through the chain: what receive may touch (see ReceiveGuard). */
+  private readonly guards = new Map<string, ReceiveGuard>();
+  private guardOf(volume: string): ReceiveGuard {
+    let g = this.guards.get(volume);
+    if (!g) this.guards.set(volume, (g = new ReceiveGuard()));
+    return g;
+  }
 
   constructor(private readonly opts: RestoreOptions) {
     this.signal = AbortSignal.any([opts.signal, this.internal.signal]);
@@ -460,7 +468,7 @@ export class Restore {
       // also finds a stream cut at a command boundary, which receive would accept. (sha256
       // covers sbk archives as a whole, but only once the trailer is read.)
       const rec: Receiving = { volume, entry: e.name, dir, stdin: r.stdin, done: r.done };
-      rec.check = sendStreamCheck(() => `${cur.id.name}: ${rec.entry}`);
+      rec.check = sendStreamCheck(() => `${cur.id.name}: ${rec.entry}`, this.guardOf(volume));
       this.receiving = rec;
       this.opts.progress?.volume(cur.id.name, volume, this.input!, this.tarStream!);
     }
@@ -645,6 +653,8 @@ export interface VerifyOptions {
 export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions): Promise<number> {
   const { log, signal, progress } = opts;
   let good = 0;
+  // One per volume, through the chain (see ReceiveGuard).
+  const guards = new Map<string, ReceiveGuard>();
   let firstError: SbkError | undefined;
   let failed = 0;
   for (const input of inputs) {
@@ -686,7 +696,8 @@ export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions):
               endVolume();
               volume = e.volume;
               volumes++;
-              check = sendStreamCheck(() => `${name}: ${entryName}`);
+              if (!guards.has(e.volume!)) guards.set(e.volume!, new ReceiveGuard());
+              check = sendStreamCheck(() => `${name}: ${entryName}`, guards.get(e.volume!));
               progress?.volume(name, e.volume!, input, tarStream);
             }
             entryName = e.name;

@@ -5,7 +5,7 @@
 // `--store DIR` (storeArchives) is the receiving end of a remote backup: it also takes the gzip
 // stream of `sbk-pack -o -` and keeps the sender's bytes, verifying them on the way in.
 import { createHash, type Hash } from 'node:crypto';
-import { closeSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { link, open, readdir, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
@@ -150,6 +150,13 @@ async function stopReading(source: Readable, input: Readable): Promise<void> {
     closeSync(0);
   } catch {
     // already closed
+  }
+  // Keep fd 0 taken (by /dev/null), so that no file opened later gets it and is taken for stdin.
+  try {
+    const fd = openSync('/dev/null', 'r');
+    if (fd !== 0) closeSync(fd);
+  } catch {
+    // nothing to keep it with: not worth failing the clean-up for
   }
 }
 

@@ -9,6 +9,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import { e2eMode, makeSandbox, sh, type Sandbox } from '../helpers/sandbox.js';
+import { cmd, stream } from '../helpers/sendstream-builder.js';
 
 const mode = e2eMode();
 
@@ -87,6 +88,8 @@ function hugeSize(gz: Buffer, name: string): Buffer {
 }
 
 const delta = Buffer.from('btrfs-stream\0\x01\0\0\0'); // a header only: never reached anyway
+/** Names the hostile send streams try to make outside (unique to this run). */
+const OUT = `sbk-hostile-stream-${process.pid}`;
 
 describe.skipIf(mode === 'skip')('hostile archives are refused, nothing written outside', () => {
   let sb: Sandbox;
@@ -110,6 +113,16 @@ describe.skipIf(mode === 'skip')('hostile archives are refused, nothing written 
     ['a container name with a slash', () => craft([{ name: 'rootfs.delta', body: delta }], goodManifest({ container: '../../etc', name: '../../etc_1700000000_Full' }))],
     ['a volume named ../x', () => craft([{ name: '../x.delta', body: delta }], goodManifest({ volumes: [{ name: '../x', mount: '/', uuid: 'u', parentUuid: null }] }))],
     ['a delta of a volume the manifest does not list', () => craft([{ name: 'meta/config', body: Buffer.from('a') }, { name: 'home.delta', body: delta }])],
+    // Send streams with valid CRCs whose commands would make btrfs receive reach outside the
+    // subvolume it makes (it resolves '..' and symlinks as the kernel does).
+    ...(
+      [
+        ['a send stream with a .. path', stream(cmd.subvol('rootfs'), cmd.mkdir(`${'../'.repeat(30)}tmp/${OUT}-up`))],
+        ['a send stream with an absolute path', stream(cmd.subvol('rootfs'), cmd.mkdir(`/tmp/${OUT}-abs`))],
+        ['a send stream through its own symlink', stream(cmd.subvol('rootfs'), cmd.symlink('l', '/tmp'), cmd.mkdir(`l/${OUT}-link`))],
+        ['a send stream naming its subvolume ../x', stream(cmd.subvol(`../${OUT}-subvol`))],
+      ] as const
+    ).map(([what, s]): [string, () => Promise<Buffer>] => [what, () => craft([{ name: 'meta/config', body: Buffer.from('a') }, { name: 'rootfs.delta', body: s }])]),
   ];
 
   it.each(cases)('%s', async (_what, make) => {
@@ -124,6 +137,8 @@ describe.skipIf(mode === 'skip')('hostile archives are refused, nothing written 
     expect((await readdir(sb.lxcDir)).filter((n) => !n.startsWith('.sbk-locks'))).toEqual([]);
     for (const p of ['/tmp/sbk-hostile-abs', path.join(sb.lxcDir, '../sbk-hostile-up'), path.join(sb.mnt, 'sbk-hostile-meta')])
       expect(await stat(p).then(() => true, () => false)).toBe(false);
+    const escaped = [...(await readdir('/tmp')), ...(await readdir(sb.mnt)), ...(await readdir(sb.lxcDir))].filter((n) => n.startsWith(OUT));
+    expect(escaped).toEqual([]);
     const v = await sh(`sbk-unpack --verify ${file}`, sb);
     expect([3, 4, 5]).toContain(v.exitCode);
   });

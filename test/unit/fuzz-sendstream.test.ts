@@ -24,7 +24,7 @@ import {
   type SendCommand,
   type SendStreamSummary,
 } from '../../src/lib/sendstream.js';
-import { crc32cUpdate } from '../../src/lib/crc32c.js';
+import { streamHeader as header, command, tlv } from '../helpers/sendstream-builder.js';
 import { modelFromStream, changesFromModel, formatChangelog, parseChangelogLine, toLines } from '../../src/lib/changelog.js';
 import { SbkError, ExitCode } from '../../src/lib/errors.js';
 
@@ -266,30 +266,6 @@ const KEY: Record<number, { key: keyof SendCommand; kind: Kind }> = {
 };
 const MAX_CMD = [0, 22, 25, 26];
 const MAX_ATTR = [0, 24, 31, 35];
-
-function header(version: number): Buffer {
-  const h = Buffer.alloc(17);
-  MAGIC.copy(h);
-  h.writeUInt32LE(version >>> 0, 13);
-  return h;
-}
-
-/** A command with a correct CRC32C (computed with the crc field zeroed). */
-function command(type: number, body: Buffer): Buffer {
-  const b = Buffer.alloc(10 + body.length);
-  b.writeUInt32LE(body.length, 0);
-  b.writeUInt16LE(type & 0xffff, 4);
-  body.copy(b, 10);
-  b.writeUInt32LE(crc32cUpdate(0, b), 6);
-  return b;
-}
-
-function tlv(type: number, value: Buffer, noLength = false): Buffer {
-  const h = Buffer.alloc(noLength ? 2 : 4);
-  h.writeUInt16LE(type, 0);
-  if (!noLength) h.writeUInt16LE(value.length, 2);
-  return Buffer.concat([h, value]);
-}
 
 interface Val {
   bytes: Buffer;
