@@ -4,7 +4,7 @@ import path from 'node:path';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { runCli, WAIT_OPTION, parseWait, makeProgress, PROGRESS_OPTION } from './common.js';
-import { SbkError, ExitCode } from '../lib/errors.js';
+import { SbkError, ExitCode, describeSystemError } from '../lib/errors.js';
 import type { RestoreInput, RestoreProgress } from '../lib/restore.js';
 import type { Meter, Progress } from '../lib/progress.js';
 
@@ -25,8 +25,16 @@ async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
   for (const p of paths) {
     const abs = path.resolve(p);
     // All checked before anything is read: a typo in the fourth path fails in a second.
-    const st = await stat(abs).catch(() => undefined);
-    if (!st) throw new SbkError(`${p}: no such archive`, ExitCode.notFound);
+    let st;
+    try {
+      st = await stat(abs);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new SbkError(`${p}: no such archive`, ExitCode.notFound);
+      // The file may well be there: a directory on its path is closed to this user.
+      if (code === 'EACCES' || code === 'EPERM') throw new SbkError(`${p}: permission denied`, ExitCode.failure, { cause: err });
+      throw describeSystemError(err, p) ?? new SbkError(`${p}: cannot read (${(err as Error).message})`, ExitCode.failure, { cause: err });
+    }
     if (!st.isFile()) throw new SbkError(`${p} is not a regular file`, ExitCode.badInput);
     inputs.push({ source: abs, open: () => openArchiveFile(abs), nameInfo: parseArchiveName(abs), size: st.size });
   }

@@ -61,6 +61,23 @@ export function describeSystemError(err: unknown, what?: string): SbkError | und
       return new SbkError(`${prefix}I/O error`, ExitCode.failure, { cause: err });
     case 'EEXIST':
       return new SbkError(`${prefix}already exists`, ExitCode.conflict, { cause: err });
+    case 'ENOTDIR':
+      return new SbkError(`${prefix}not a directory`, ExitCode.failure, { cause: err });
+    case 'EISDIR':
+      return new SbkError(`${prefix}is a directory`, ExitCode.failure, { cause: err });
+    case 'ENOTEMPTY':
+      return new SbkError(`${prefix}directory not empty`, ExitCode.failure, { cause: err });
+    case 'EBUSY':
+      return new SbkError(`${prefix}busy (a mount point, or in use)`, ExitCode.failure, { cause: err });
+    case 'EXDEV':
+      return new SbkError(`${prefix}on another filesystem`, ExitCode.failure, { cause: err });
+    case 'ELOOP':
+      return new SbkError(`${prefix}too many levels of symbolic links`, ExitCode.failure, { cause: err });
+    case 'ENAMETOOLONG':
+      return new SbkError(`${prefix}file name too long`, ExitCode.failure, { cause: err });
+    case 'EMFILE':
+    case 'ENFILE':
+      return new SbkError(`${prefix}too many open files`, ExitCode.failure, { cause: err });
     default:
       return undefined;
   }

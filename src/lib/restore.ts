@@ -15,7 +15,7 @@
 // every subvolume in it; nothing appears at the target unless the whole chain was received and
 // verified.
 import { acquireLock, restoreLockFile, type Lock } from './lock.js';
-import { lstat, mkdir, readdir, rename, rm, rmdir, chmod, chown, utimes, writeFile, readFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rename, rm, rmdir, chmod, chown, stat, utimes, writeFile, readFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -23,7 +23,7 @@ import { pipeline } from 'node:stream/promises';
 import { readArchives, type ArchiveEntry, type Manifest } from './archive.js';
 import { deleteSubvolume, isOnBtrfs, isSubvolume, receive, snapshot } from './btrfs.js';
 import { linkProblem, readArchiveHead, readError } from './chain.js';
-import { SbkError, ExitCode } from './errors.js';
+import { SbkError, ExitCode, describeSystemError } from './errors.js';
 import { checkContainerName, formatTime, type ParsedArchiveName } from './layout.js';
 import { parseLxcConfig, rewriteConfigForRestore, rootfsPath, configValue, serializeLxcConfig } from './lxc.js';
 import { exists, fsyncDir } from './atomic.js';
@@ -383,10 +383,13 @@ export class Restore {
       throw new SbkError('restoring needs root (btrfs receive); sbk-unpack --verify checks archives without it', ExitCode.failure);
     let onBtrfs: boolean;
     try {
+      if (!(await stat(lxcDir)).isDirectory()) throw new SbkError(`LXC directory ${lxcDir} is not a directory`, ExitCode.failure);
       onBtrfs = await isOnBtrfs(lxcDir);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new SbkError(`LXC directory ${lxcDir} does not exist`, ExitCode.notFound);
-      throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new SbkError(`LXC directory ${lxcDir} does not exist`, ExitCode.notFound);
+      if (code === 'ENOTDIR') throw new SbkError(`LXC directory ${lxcDir}: a part of its path is not a directory`, ExitCode.failure);
+      throw describeSystemError(err, `LXC directory ${lxcDir}`) ?? err;
     }
     if (!onBtrfs) throw new SbkError(`LXC directory ${lxcDir} is not on a BTRFS filesystem`, ExitCode.failure);
     // One restore per target at a time; held until the container is in place or cleaned up.
@@ -545,28 +548,48 @@ export class Restore {
     // between makes rename fail (ENOTEMPTY), except an empty directory, which it replaces.
     const old = path.join(tmp, 'old');
     let replaced = false;
+    const appeared = () => new SbkError(`container ${name} appeared at ${target} during the restore; not replacing it`, ExitCode.conflict);
     if (await exists(target)) {
-      if (!this.opts.force)
-        throw new SbkError(`container ${name} appeared at ${target} during the restore; not replacing it`, ExitCode.conflict);
-      await rename(target, old);
+      if (!this.opts.force) throw appeared();
+      try {
+        await rename(target, old);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EBUSY')
+          throw new SbkError(`cannot replace ${target}: it is a mount point (or in use); unmount it first`, ExitCode.failure, { cause: err });
+        throw describeSystemError(err, `cannot move ${target} aside`) ?? err;
+      }
       replaced = true;
     }
     try {
       await rename(work, target);
     } catch (err) {
-      if (replaced) await rename(old, target);
+      if (replaced) await rename(old, target).catch(() => {}); // cleanup() tries again, and says so
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOTEMPTY' || code === 'EEXIST')
-        throw new SbkError(`container ${name} appeared at ${target} during the restore; not replacing it`, ExitCode.conflict);
-      throw err;
+      // ENOTDIR: a file or symlink appeared; ENOTEMPTY/EEXIST: a directory.
+      if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR') throw appeared();
+      if (code === 'EBUSY')
+        throw new SbkError(`cannot restore at ${target}: it is a mount point (or in use); unmount it first`, ExitCode.failure, { cause: err });
+      throw describeSystemError(err, `cannot move the restored container to ${target}`) ?? err;
     }
-    await fsyncDir(lxcDir);
     this.tmp = undefined; // committed: from here on a failure must not remove the restored container
+    // The container is in place: a failure to sync the LXC dir is reported as that, once the
+    // temporary directory (with the replaced container) is gone as after any restore.
+    let syncError: unknown;
+    await fsyncDir(lxcDir).catch((err: unknown) => (syncError = err));
     try {
       await removeTree(tmp);
     } catch (err) {
       log.warn(
         `restored ${name}, but could not remove ${replaced ? 'the replaced container in ' : ''}${tmp}: ${(err as Error).message}; remove it by hand`,
+      );
+    }
+    if (syncError !== undefined) {
+      const why = describeSystemError(syncError)?.message ?? (syncError as Error).message;
+      throw new SbkError(
+        `restored ${last.id.name}: ${name} is in place at ${target}${replaced ? ' (replaced the old one)' : ''}, but syncing ${lxcDir} failed (${why}); ` +
+          'run sync: until then a crash may lose the rename',
+        ExitCode.failure,
+        { cause: syncError },
       );
     }
     log.info(`restored ${last.id.name} as ${name} in ${target}${replaced ? ' (replaced the old one)' : ''}`);
