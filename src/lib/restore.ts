@@ -399,20 +399,7 @@ export class Restore {
       signal: this.signal,
     });
     const target = path.join(lxcDir, name);
-    // Leftovers of a restore of this name that was killed (its process is gone). One killed
-    // between the two renames of --force holds the replaced container in old/, and nothing is
-    // at the target: that is the only copy, put back (as cleanup() would have) before anything.
-    for (const n of await readdir(lxcDir)) {
-      const m = TEMP_RE.exec(n);
-      if (!m || m[1] !== name || isProcessAlive(Number(m[2]))) continue;
-      const old = path.join(lxcDir, n, 'old');
-      if ((await exists(old)) && !(await exists(target))) {
-        log.warn(`put ${name} back at ${target} from ${old}, where a restore that did not finish had left it`);
-        await rename(old, target);
-      }
-      log.info(`removing ${path.join(lxcDir, n)}, left by a restore that did not finish`);
-      await removeTree(path.join(lxcDir, n));
-    }
+    await this.sweep(name);
     if (!this.opts.force && (await exists(target)))
       throw new SbkError(
         `container ${name} already exists at ${target}; restore under another name with --as NAME, or replace it with --force`,
@@ -423,6 +410,69 @@ export class Restore {
     this.tmp = tmp;
     this.name = name;
     this.first = first;
+  }
+
+  /**
+   * Removes the leftovers of every restore in the LXC dir that was killed (its process is
+   * gone): those of `name` under its lock, which this run holds (a failure there stops the
+   * restore), those of other names each under that name's lock taken without waiting (a name
+   * whose lock is busy is skipped: a live restore of it sweeps its own; a failure is a warning).
+   */
+  private async sweep(name: string): Promise<void> {
+    const { lxcDir, log } = this.opts;
+    const dead = new Map<string, string[]>();
+    for (const n of await readdir(lxcDir)) {
+      const m = TEMP_RE.exec(n);
+      if (!m || isProcessAlive(Number(m[2]))) continue;
+      try {
+        checkContainerName(m[1]!);
+      } catch {
+        continue; // not a name sbk-unpack restores to: not ours
+      }
+      dead.set(m[1]!, [...(dead.get(m[1]!) ?? []), n]);
+    }
+    const own = dead.get(name);
+    if (own) await this.sweepName(name, own);
+    for (const [other, dirs] of dead) {
+      if (other === name) continue;
+      this.signal.throwIfAborted();
+      let lock: Lock;
+      try {
+        lock = await acquireLock(restoreLockFile(lxcDir, other), { holder: `sbk-unpack (restore of ${name}, removing leftovers of ${other})` });
+      } catch (err) {
+        log.verbose(`not removing the leftovers of a restore of ${other} now: ${(err as Error).message}`);
+        continue;
+      }
+      try {
+        await this.sweepName(other, dirs);
+      } catch (err) {
+        const e = describeSystemError(err) ?? (err as Error);
+        log.warn(`could not remove the leftovers of a restore of ${other} (${dirs.join(', ')}): ${e.message}`);
+      } finally {
+        await lock.release();
+      }
+    }
+  }
+
+  /**
+   * Removes the temporary directories `dirs` that dead restores of `name` left. One killed
+   * between the two renames of --force holds the replaced container in old/, and nothing is at
+   * the target: that is the only copy, put back (as cleanup() would have) before anything.
+   */
+  private async sweepName(name: string, dirs: string[]): Promise<void> {
+    const { lxcDir, log } = this.opts;
+    const target = path.join(lxcDir, name);
+    for (const n of dirs) {
+      const dir = path.join(lxcDir, n);
+      if (!(await exists(dir))) continue; // another sweep was first
+      const old = path.join(dir, 'old');
+      if ((await exists(old)) && !(await exists(target))) {
+        log.warn(`put ${name} back at ${target} from ${old}, where a restore that did not finish had left it`);
+        await rename(old, target);
+      }
+      log.info(`removing ${dir}, left by a restore that did not finish`);
+      await removeTree(dir);
+    }
   }
 
   private async writeMeta(e: ArchiveEntry): Promise<void> {
