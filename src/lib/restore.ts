@@ -14,7 +14,7 @@
 // false` breaks later incrementals). Any failure or signal deletes the temporary directory and
 // every subvolume in it; nothing appears at the target unless the whole chain was received and
 // verified.
-import { acquireLock, restoreLockFile, type Lock } from './lock.js';
+import { acquireLock, chainLockFile, restoreLockFile, type Lock } from './lock.js';
 import { lstat, mkdir, readdir, rename, rm, rmdir, chmod, chown, stat, utimes, writeFile, readFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
@@ -274,6 +274,7 @@ export class Restore {
   private tmp?: string;
   private name?: string;
   private lock?: Lock;
+  private chainLock?: Lock;
   private current?: ArchiveState;
   private previous?: ArchiveState;
   private receiving?: Receiving;
@@ -329,6 +330,7 @@ export class Restore {
       await this.cleanup();
       throw reason;
     } finally {
+      await this.chainLock?.release();
       await this.lock?.release();
     }
   }
@@ -405,6 +407,14 @@ export class Restore {
         `container ${name} already exists at ${target}; restore under another name with --as NAME, or replace it with --force`,
         ExitCode.conflict,
       );
+    // One restore per chain at a time, whatever its name: btrfs receive finds an incremental's
+    // parent by Received UUID anywhere on the filesystem, so it could pick the subvolume another
+    // restore of the chain received (and deletes once applied). Taken after the name's lock.
+    this.chainLock = await acquireLock(chainLockFile(lxcDir, first.container, first.name), {
+      holder: `sbk-unpack (restore of ${first.name} as ${name})`,
+      wait: this.opts.lockWait,
+      signal: this.signal,
+    });
     const tmp = path.join(lxcDir, `${TEMP_PREFIX}${name}-${process.pid}`);
     await mkdir(tmp, { mode: 0o700 });
     this.tmp = tmp;
