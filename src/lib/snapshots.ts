@@ -535,6 +535,19 @@ export async function confirmFromReceipt(
     { holder: `sbk-snap --confirm ${r.name}`, wait: opts.lockWait ?? 600, signal: opts.signal },
     async () => {
       if (!(await exists())) throw new SbkError(`${r.name}: the snapshot set ${set} was removed meanwhile`, ExitCode.notFound);
+      if (r.volumes) {
+        // The list must name every snapshot of the set: an empty or partial one would leave
+        // snapshots unchecked against the stored archive.
+        const listed = new Set(r.volumes.map((v) => v.name));
+        for (const e of await readdir(set, { withFileTypes: true })) {
+          if (!e.isDirectory() || e.name.startsWith('.') || listed.has(e.name)) continue;
+          if (await isSubvolume(path.join(set, e.name)).catch(() => false))
+            throw new SbkError(
+              `${r.name}: the receipt does not match the snapshot set ${set}: it does not list its volume ${e.name}`,
+              ExitCode.corrupt,
+            );
+        }
+      }
       for (const v of r.volumes ?? []) {
         const p = path.join(set, v.name);
         const uuid = (await isSubvolume(p).catch(() => false)) ? (await subvolumeInfo(p, opts.signal)).uuid : undefined;
