@@ -157,8 +157,10 @@ export function sortLines(lines: ChangelogLine[]): ChangelogLine[] {
     .map((k) => k.line);
 }
 
+/** `mount` is an ordinary string (from the LXC config or --mount); paths are raw bytes. */
 export function toLines(changes: Iterable<Change>, mount: string): ChangelogLine[] {
-  return [...changes].map((c) => ({ action: c.action, path: containerPath(mount, c.rel, c.dir) }));
+  const m = Buffer.from(mount, 'utf8').toString('latin1');
+  return [...changes].map((c) => ({ action: c.action, path: containerPath(m, c.rel, c.dir) }));
 }
 
 /** Sorted, escaped, newline-terminated text of a changelog. */
