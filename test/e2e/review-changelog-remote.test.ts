@@ -1,7 +1,7 @@
 // The remote pipelines with a store directory whose name holds spaces, quotes and a `$`: the
 // words reach the remote shell quoted, plain and encrypted, backup and restore.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { e2eMode, makeSandbox, makeContainer, sh, treeDiff, ROOT, type Sandbox } from '../helpers/sandbox.js';
@@ -65,5 +65,36 @@ describe.skipIf(mode === 'skip')('remote pipelines: a store DIR with spaces and 
     const r = await run('sbk-restore-remote --gpg-passphrase-file "$KEY" "$HOST" "$STORE" c1 --as r2', extra);
     expect(r.exitCode, r.stderr).toBe(0);
     expect(await treeDiff(path.join(sb.lxcDir, 'c1/rootfs'), path.join(sb.lxcDir, 'r2/rootfs'))).toEqual([]);
+  });
+
+  // A run that fails after its file took its final name (ssh drops after the remote ln, or the
+  // local confirmation fails) leaves an archive whose set is never confirmed: the next backup is
+  // a child of the one before it. Planning by name would put the orphan in that backup's chain,
+  // and sbk-unpack would refuse the next archive as not its child.
+  it.skipIf(!gpgPresent && !process.env.CI)('encrypted: a backup stored but never confirmed is left out of later chains', async () => {
+    const gnupg = path.join(sb.dir, 'gnupg3');
+    await mkdir(gnupg, { mode: 0o700 });
+    const key = path.join(sb.dir, 'key3');
+    await writeFile(key, 'secret3\n', { mode: 0o600 });
+    const extra = { STORE: path.join(sb.dir, 'orphans'), KEY: key, GNUPGHOME: gnupg };
+    const round = path.join(sb.lxcDir, 'c1/rootfs/etc/round');
+    const backup = async (content: string, full = false) => {
+      await writeFile(round, content);
+      const r = await run(`sbk-backup-remote ${full ? '--full ' : ''}--gpg-passphrase-file "$KEY" "$HOST" "$STORE" c1`, extra);
+      expect(r.exitCode, r.stderr).toBe(0);
+    };
+    await backup('full', true);
+    await backup('orphan');
+    const sets = (await readdir(path.join(sb.backupDir, 'c1'))).filter((n) => /^\d+(_Full)?$/.test(n)).sort();
+    const orphan = sets.at(-1)!;
+    await rm(path.join(sb.backupDir, 'c1', orphan, '.sbk-confirmed'));
+    await backup('last');
+    const restore = async (as: string, at = '') => {
+      const r = await run(`sbk-restore-remote --gpg-passphrase-file "$KEY" "$HOST" "$STORE" c1 ${at ? `--at ${at} ` : ''}--as ${as}`, extra);
+      expect(r.exitCode, r.stderr).toBe(0);
+      return readFile(path.join(sb.lxcDir, as, 'rootfs/etc/round'), 'utf8');
+    };
+    expect(await restore('r4')).toBe('last');
+    expect(await restore('r5', orphan)).toBe('orphan'); // the orphan itself is a good restore point
   });
 });
