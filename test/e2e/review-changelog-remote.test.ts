@@ -76,7 +76,9 @@ describe.skipIf(mode === 'skip')('remote pipelines: a store DIR with spaces and 
     await mkdir(gnupg, { mode: 0o700 });
     const key = path.join(sb.dir, 'key3');
     await writeFile(key, 'secret3\n', { mode: 0o600 });
-    const extra = { STORE: path.join(sb.dir, 'orphans'), KEY: key, GNUPGHOME: gnupg };
+    // A DIR with '..' in it: the receipt (and the confirmation made from it) names the file by
+    // its absolute, resolved path on HOST.
+    const extra = { STORE: `${sb.dir}/sub/../orphans`, KEY: key, GNUPGHOME: gnupg };
     const round = path.join(sb.lxcDir, 'c1/rootfs/etc/round');
     const backup = async (content: string, full = false) => {
       await writeFile(round, content);
@@ -84,6 +86,9 @@ describe.skipIf(mode === 'skip')('remote pipelines: a store DIR with spaces and 
       expect(r.exitCode, r.stderr).toBe(0);
     };
     await backup('full', true);
+    const full = (await readdir(path.join(sb.backupDir, 'c1'))).filter((n) => /^\d+_Full$/.test(n)).sort().at(-1)!;
+    const confirmation = JSON.parse(await readFile(path.join(sb.backupDir, 'c1', full, '.sbk-confirmed'), 'utf8')) as { path: string };
+    expect(confirmation.path).toBe(path.join(sb.dir, 'orphans', `c1_${full}.tar.gz.gpg`));
     await backup('orphan');
     const sets = (await readdir(path.join(sb.backupDir, 'c1'))).filter((n) => /^\d+(_Full)?$/.test(n)).sort();
     const orphan = sets.at(-1)!;
