@@ -195,8 +195,13 @@ describe.skipIf(mode === 'skip')('reliability on loopback BTRFS', () => {
       const count = async () => (await execa('btrfs', ['subvolume', 'list', sb.mnt])).stdout.split('\n').filter(Boolean).length;
       const before = await count();
       const run = pipeline('sbk-plan c1 | sbk-unpack --as killed', sb);
-      await sleep(700);
-      const unpack = (await stagePids(run.pid!)).get('sbk-unpack');
+      // Killed once its temporary directory exists (the restore is under way), not after a fixed
+      // time: a fast machine may finish the restore before any fixed sleep is over.
+      let unpack: number | undefined;
+      for (let waited = 0; waited < 20_000 && unpack === undefined; waited += 10) {
+        await sleep(10);
+        if ((await ls(sb.lxcDir)).some((n) => n.startsWith('.sbk-restore-killed-'))) unpack = (await stagePids(run.pid!)).get('sbk-unpack');
+      }
       expect(unpack).toBeDefined();
       process.kill(unpack!, 'SIGKILL');
       await run;
