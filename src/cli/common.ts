@@ -141,8 +141,6 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
       }
       return;
     }
-    // Our own error, passed on to stdout by a pipeline that failed: reported once, by run()'s caller.
-    if (err instanceof SbkError) return;
     process.exitCode = ExitCode.failure;
     // While run() is going, a pipeline that failed passes its error (any error: a missing
     // directory, a full disk) on to stdout too: keep it, and report it when run() ends unless
