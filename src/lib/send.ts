@@ -151,17 +151,19 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
   }
   const meta = await collectMeta(record.containerDir, record.volumes.map((v) => v.name), log);
   const nested: ManifestNested[] = [];
-  for (const v of record.volumes) {
-    let found;
-    try {
-      found = await nestedSubvolumes(v.source, v.snapshot, signal);
-    } catch (err) {
-      signal?.throwIfAborted();
-      // The live volume is only asked which subvolumes it holds: without it the backup is still whole.
-      log.warn(`${record.name}: cannot look for nested subvolumes in ${v.name} (${(err as Error).message})`);
-      continue;
-    }
-    for (const n of found) {
+  // The volumes are asked at once: two short btrfs commands each.
+  const finds = await Promise.all(
+    record.volumes.map((v) =>
+      nestedSubvolumes(v.source, v.snapshot, signal).catch((err: unknown) => {
+        signal?.throwIfAborted();
+        // The live volume is only asked which subvolumes it holds: without it the backup is still whole.
+        log.warn(`${record.name}: cannot look for nested subvolumes in ${v.name} (${(err as Error).message})`);
+        return [];
+      }),
+    ),
+  );
+  for (const [i, v] of record.volumes.entries()) {
+    for (const n of finds[i]!) {
       log.warn(
         `${record.name}: ${v.name}: nested subvolume ${n.path} is not backed up (btrfs send does not cross subvolumes); a restore makes an empty directory there`,
       );
