@@ -50,9 +50,17 @@ export async function collectMeta(containerDir: string, volumeNames: string[], l
   const leftOut = (rel: string, why: string) => log.verbose(`meta: left out ${path.join(containerDir, rel)}: ${why}`);
   let logs = new Map<string, string>();
   const first = ['config', 'fstab'];
+  const rootDev = (await lstat(containerDir)).dev;
   const walk = async (rel: string) => {
     const dir = path.join(containerDir, rel);
-    const names = (await readdir(dir)).sort((a, b) => {
+    let found: string[];
+    try {
+      found = await readdir(dir);
+    } catch (err) {
+      if (rel !== '' && (err as NodeJS.ErrnoException).code === 'ENOENT') return; // removed while we looked
+      throw err;
+    }
+    const names = found.sort((a, b) => {
       if (rel !== '') return a < b ? -1 : a > b ? 1 : 0;
       const [ia, ib] = [first.indexOf(a), first.indexOf(b)];
       return (ia < 0 ? 9 : ia) - (ib < 0 ? 9 : ib) || (a < b ? -1 : a > b ? 1 : 0);
@@ -74,13 +82,18 @@ export async function collectMeta(containerDir: string, volumeNames: string[], l
         leftOut(r, `a log file (${key} in the config)`);
         continue;
       }
-      if (!isSafeMetaPath(r) || Buffer.byteLength(r) > 4000) {
+      // Node's fs calls take whole paths: stay well below PATH_MAX.
+      if (!isSafeMetaPath(r) || Buffer.byteLength(p) > 3800) {
         leftOut(r, 'a name an archive cannot hold');
         continue;
       }
       if (st.isDirectory()) {
         if (await isSubvolume(p)) {
           leftOut(r, 'a subvolume that is not a volume of the config (not archived, nor anything below it)');
+          continue;
+        }
+        if (st.dev !== rootDev) {
+          leftOut(r, 'a mount point of another filesystem (not archived, nor anything below it)');
           continue;
         }
         if (total + metaEntryCost(0) > META_TOTAL_MAX) {

@@ -47,12 +47,23 @@ describe.skipIf(mode === 'skip')('what a backup holds beside the volumes', () =>
     await mkdir(path.join(c, 'keys'));
     await writeFile(path.join(c, 'keys/id.pub'), 'ssh-ed25519 AAAA test\n');
 
-    const r = await sh('sbk-snap m1 | sbk-send -v | sbk-pack', sb);
+    // A filesystem mounted there (a tmpfs with a file in it).
+    await mkdir(path.join(c, 'scratch'));
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'sbk-test', path.join(c, 'scratch')]);
+    let r!: Awaited<ReturnType<typeof sh>>;
+    try {
+      await writeFile(path.join(c, 'scratch/tmp'), 'x');
+      r = await sh('sbk-snap m1 | sbk-send -v | sbk-pack', sb);
+    } finally {
+      await execa('umount', [path.join(c, 'scratch')]);
+      await execa('rmdir', [path.join(c, 'scratch')]);
+    }
     expect(r.stderr).not.toMatch(/too large|corrupt/);
     expect(r.exitCode).toBe(0);
     const archive = r.stdout.trim();
     const names = await listing(archive);
     expect(names.filter((n) => n.startsWith('meta/')).sort()).toEqual(['meta/config', 'meta/fstab', 'meta/keys/', 'meta/keys/id.pub']);
+    expect(r.stderr).toMatch(/scratch.*mount point/);
     // 1 MiB of random data in opt; none of the 6 MiB left out.
     expect((await stat(archive)).size).toBeLessThan(2.5 * 1024 * 1024);
     expect(r.stderr).toMatch(/m1\.log.*lxc\.logfile/);
