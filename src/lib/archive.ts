@@ -13,6 +13,7 @@ import tar from 'tar-stream';
 import { SbkError, ExitCode } from './errors.js';
 import { backupName, isValidContainerName, isValidVolumeName } from './layout.js';
 import type { BackupRecord, SetRef } from './record.js';
+import { isSafeMetaPath, metaEntryCost, metaEntryRefusal } from './meta.js';
 
 export const ARCHIVE_FORMAT = 1;
 export const MANIFEST_ENTRY = 'manifest.json';
@@ -25,7 +26,6 @@ const PART_DIGITS = 6;
 /** How much of the next part sbk-send reads while a part is being written (see addDelta). */
 const READ_AHEAD = 4 * 1024 * 1024;
 const MAX_JSON_ENTRY = 16 * 1024 * 1024;
-const MAX_META_ENTRY = 64 * 1024 * 1024;
 
 export interface ManifestVolume {
   name: string;
@@ -50,6 +50,20 @@ export interface Manifest {
   source: { containerDir: string; set: string; host: string };
   meta: string[];
   changelog: boolean;
+  /**
+   * Subvolumes nested in a volume, not in its send stream (btrfs send does not cross them); a
+   * restore makes an empty directory at each. Absent in archives of older versions.
+   */
+  nestedSubvolumes?: ManifestNested[];
+}
+
+export interface ManifestNested {
+  volume: string;
+  /** Relative to the volume's root. */
+  path: string;
+  mode: number;
+  uid: number;
+  gid: number;
 }
 
 export interface EntryDigest {
@@ -68,7 +82,7 @@ export interface Trailer {
 
 export function manifestFromRecord(
   r: BackupRecord,
-  extra: { tool: string; host: string; meta: string[]; changelog: boolean; now?: Date },
+  extra: { tool: string; host: string; meta: string[]; changelog: boolean; nestedSubvolumes?: ManifestNested[]; now?: Date },
 ): Manifest {
   const ref = (s: SetRef | null) => (s ? { time: s.time, full: s.full, name: s.name } : null);
   return {
@@ -86,6 +100,7 @@ export function manifestFromRecord(
     source: { containerDir: r.containerDir, set: r.set, host: extra.host },
     meta: extra.meta,
     changelog: extra.changelog,
+    nestedSubvolumes: extra.nestedSubvolumes ?? [],
   };
 }
 
@@ -338,14 +353,20 @@ export function checkManifest(v: Record<string, unknown>, source: string): Manif
     seen.add(vol.name);
     if (typeof vol.mount !== 'string' || !vol.mount.startsWith('/')) throw bad(`invalid mount point of ${vol.name}`);
   }
+  if (v.nestedSubvolumes !== undefined) {
+    if (!Array.isArray(v.nestedSubvolumes)) throw bad('nestedSubvolumes is not a list');
+    const id = (n: unknown) => Number.isSafeInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
+    for (const n of v.nestedSubvolumes as Record<string, unknown>[]) {
+      if (typeof n?.volume !== 'string' || !seen.has(n.volume)) throw bad(`a nested subvolume of an unlisted volume ${JSON.stringify(n?.volume)}`);
+      if (typeof n.path !== 'string' || !isSafeMetaPath(n.path)) throw bad(`unsafe nested subvolume path ${JSON.stringify(n.path)}`);
+      if (!Number.isSafeInteger(n.mode) || (n.mode as number) < 0 || (n.mode as number) > 0o7777 || !id(n.uid) || !id(n.gid))
+        throw bad(`invalid mode or owner of nested subvolume ${n.path}`);
+    }
+  }
   return v as unknown as Manifest;
 }
 
-/** A safe relative path under meta/: no absolute path, no `..`, no empty or odd components. */
-export function isSafeMetaPath(rel: string): boolean {
-  if (rel === '' || rel.startsWith('/') || rel.includes('\0') || rel.includes('\\')) return false;
-  return rel.split('/').every((c) => c !== '' && c !== '.' && c !== '..');
-}
+export { isSafeMetaPath };
 
 async function collect(body: AsyncIterable<Buffer>, limit: number, what: string, source: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -403,6 +424,7 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
   let volumeHashes = new Map<string, { hash: ReturnType<typeof createHash>; size: number; parts: number; single: boolean }>();
   let volumeIndex = -1;
   let sawChangelog = false;
+  let metaBytes = 0; // of the current archive's meta entries (see meta.ts)
   // Names seen in the current archive: a duplicate could make a restore take the wrong copy.
   let seenNames = new Set<string>();
   let lastName = '';
@@ -438,6 +460,7 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
         volumeHashes = new Map();
         volumeIndex = -1;
         sawChangelog = false;
+        metaBytes = 0;
         seenNames = new Set([MANIFEST_ENTRY]);
         if (name === MANIFEST_ENTRY && header.type === 'file') {
           const hash = createHash('sha256');
@@ -476,7 +499,10 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
         if (rel === '' && header.type !== 'directory') throw corrupt(source, `entry '${name}' is a ${header.type}, not the meta/ directory`);
         if (volumeIndex >= 0 && !legacy) throw corrupt(source, `meta entry '${name}' after the deltas`);
         if (sawChangelog) throw corrupt(source, `meta entry '${name}' after the changelog`);
-        if (header.type === 'file' && (header.size ?? 0) > MAX_META_ENTRY) throw corrupt(source, `meta entry '${name}' is too large`);
+        const size = header.type === 'file' ? (header.size ?? 0) : 0;
+        const refusal = metaEntryRefusal(size, metaBytes, legacy);
+        if (refusal) throw corrupt(source, `meta entry '${name}' ${refusal}`);
+        metaBytes += metaEntryCost(size);
         role = 'meta';
       } else if (name === CHANGELOG_ENTRY && !legacy) {
         if (sawChangelog || volumeIndex >= 0) throw corrupt(source, `unexpected ${CHANGELOG_ENTRY} here`);

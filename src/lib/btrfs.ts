@@ -1,6 +1,7 @@
 // The btrfs commands sbk runs, through execa. Big outputs (send streams) are never buffered:
 // stdout is a stream (`buffer: {stdout: false}`); stderr is kept so errors can quote it.
-import { statfs, stat } from 'node:fs/promises';
+import { statfs, stat, lstat } from 'node:fs/promises';
+import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
 import { SbkError, ExitCode } from './errors.js';
@@ -8,6 +9,8 @@ import { SbkError, ExitCode } from './errors.js';
 export const BTRFS_SUPER_MAGIC = 0x9123683e;
 /** Inode number of every subvolume's root directory on BTRFS. */
 const SUBVOLUME_ROOT_INO = 256;
+/** Inode number of the empty directory a snapshot shows where the source had a nested subvolume. */
+const EMPTY_SUBVOL_DIR_INO = 2;
 
 export async function isOnBtrfs(p: string): Promise<boolean> {
   const s = await statfs(p);
@@ -149,4 +152,42 @@ export function receive(dir: string, signal?: AbortSignal): { stdin: Writable; d
     },
   );
   return { stdin: child.stdin as Writable, done };
+}
+
+export interface NestedSubvolume {
+  /** Path relative to the volume's root. */
+  path: string;
+  /** The nested subvolume's root directory, as it is in the live volume. */
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/**
+ * The subvolumes directly inside the live volume `live` that its snapshot `snap` holds only as
+ * empty directories: `btrfs send` does not cross into them. Cheap: one `btrfs subvolume list -o`
+ * (children of the volume, paths from the filesystem's top level) and a stat per child; one
+ * created after the snapshot (no placeholder in it) is not counted.
+ */
+export async function nestedSubvolumes(live: string, snap: string, signal?: AbortSignal): Promise<NestedSubvolume[]> {
+  const strip = (p: string) => p.replace(/^<FS_TREE>\/?/, '').replace(/^\/+/, '');
+  const top = strip((await btrfs(['subvolume', 'show', live], signal)).split('\n')[0]!.trim());
+  const list = await btrfs(['subvolume', 'list', '-o', live], signal);
+  const out: NestedSubvolume[] = [];
+  for (const line of list.split('\n')) {
+    const m = /^ID \d+ gen \d+ top level \d+ path (.*)$/.exec(line);
+    if (!m) continue;
+    const full = strip(m[1]!);
+    const rel = top === '' ? full : full.startsWith(top + '/') ? full.slice(top.length + 1) : undefined;
+    if (!rel) continue;
+    const [inSnap, inLive] = await Promise.all([lstat(path.join(snap, rel)).catch(() => undefined), lstat(path.join(live, rel)).catch(() => undefined)]);
+    if (!inSnap?.isDirectory() || inSnap.ino !== EMPTY_SUBVOL_DIR_INO) continue;
+    out.push({
+      path: rel,
+      mode: inLive?.isDirectory() ? inLive.mode & 0o7777 : 0o755,
+      uid: inLive?.uid ?? 0,
+      gid: inLive?.gid ?? 0,
+    });
+  }
+  return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }

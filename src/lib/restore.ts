@@ -597,6 +597,9 @@ export class Restore {
       this.signal.throwIfAborted();
       await snapshot(sub, path.join(work, volume), { readonly: false }, this.signal);
     }
+    for (const n of last.id.manifest?.nestedSubvolumes ?? []) {
+      if (last.received.has(n.volume)) await this.makeNestedDir(last.id.name, path.join(work, n.volume), n);
+    }
     await this.rewriteConfig(last.id, work, target, name);
     await removeTree(last.dir);
     // Directory modes and times last: writing into a directory changes its mtime.
@@ -654,6 +657,35 @@ export class Restore {
     }
     log.info(`restored ${last.id.name} as ${name} in ${target}${replaced ? ' (replaced the old one)' : ''}`);
     return { name, dir: target, backup: last.id.name, archives: this.count };
+  }
+
+  /**
+   * The mount point of a subvolume that was nested in a volume and not backed up: an empty
+   * directory with the mode and owner it had. The volume was received from the archive: a symlink
+   * or a file on the way is not followed, the directory is then not made (and that is said).
+   */
+  private async makeNestedDir(backup: string, volumeDir: string, n: { volume: string; path: string; mode: number; uid: number; gid: number }) {
+    const { log } = this.opts;
+    const where = `${n.volume}/${n.path}`;
+    const parts = n.path.split('/');
+    let dir = volumeDir;
+    for (const c of parts.slice(0, -1)) {
+      dir = path.join(dir, c);
+      const st = await lstat(dir).catch(() => undefined);
+      if (!st?.isDirectory()) {
+        log.warn(`${backup}: ${where} was a nested subvolume, not in the backup; ${path.relative(volumeDir, dir)} is not a directory: no empty directory made there`);
+        return;
+      }
+    }
+    const dest = path.join(dir, parts[parts.length - 1]!);
+    if (await lstat(dest).catch(() => undefined)) return; // the volume has something there already
+    // The parent's times are the snapshot's: keep them.
+    const parent = await lstat(dir);
+    await mkdir(dest);
+    if (this.isRoot) await chown(dest, n.uid, n.gid);
+    await chmod(dest, n.mode);
+    await utimes(dir, parent.atime, parent.mtime);
+    log.warn(`${backup}: ${where} was a nested subvolume, not in the backup: made an empty directory there (mode ${n.mode.toString(8).padStart(4, '0')})`);
   }
 
   /** The config of a container restored under a new name or into another LXC dir. */

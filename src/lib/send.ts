@@ -1,11 +1,13 @@
 // sbk-send's work: one archive (uncompressed tar, see archive.ts) per backup record, the
 // volumes' `btrfs send` streams framed as they arrive, never spooled to disk.
-import { readdir, readFile, lstat, open } from 'node:fs/promises';
+import { readdir, lstat, open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import tar from 'tar-stream';
 import { ArchiveWriter, DEFAULT_PART_SIZE, manifestFromRecord } from './archive.js';
-import { requireSubvolume, send } from './btrfs.js';
+import { isSubvolume, nestedSubvolumes, requireSubvolume, send } from './btrfs.js';
+import type { ManifestNested } from './archive.js';
+import { META_FILE_MAX, META_TOTAL_MAX, configLogFiles, isSafeMetaPath, metaEntryCost } from './meta.js';
 import { SbkError, ExitCode } from './errors.js';
 import type { BackupRecord } from './record.js';
 import type { Log } from './log.js';
@@ -18,34 +20,120 @@ export interface MetaFile {
   data?: Buffer;
 }
 
+const kindOf = (st: Awaited<ReturnType<typeof lstat>>): string =>
+  st.isSymbolicLink() ? 'a symlink' : st.isSocket() ? 'a socket' : st.isFIFO() ? 'a fifo' : st.isBlockDevice() || st.isCharacterDevice() ? 'a device' : 'not a regular file';
+
+/** Reads at most `max` + 1 bytes: a file that grew past the cap is not read whole. */
+async function readCapped(file: string, max: number): Promise<Buffer> {
+  const fh = await open(file, 'r');
+  try {
+    const buf = Buffer.alloc(max + 1);
+    let n = 0;
+    while (n < buf.length) {
+      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+    }
+    return buf.subarray(0, n);
+  } finally {
+    await fh.close();
+  }
+}
+
 /**
- * The container's own files (config, fstab, …): everything in its directory except the volumes
- * and hidden names, as the original tool's rsync took them. Symlinks and special files are
- * skipped (a restore must never follow a link out of the container).
+ * The container's meta files (see the rule above). The config and fstab come first, so that no
+ * amount of other files can crowd them out.
  */
 export async function collectMeta(containerDir: string, volumeNames: string[], log: Log): Promise<MetaFile[]> {
   const out: MetaFile[] = [];
+  let total = metaEntryCost(0); // the meta/ directory entry itself is not written, but keep a margin
+  const leftOut = (rel: string, why: string) => log.verbose(`meta: left out ${path.join(containerDir, rel)}: ${why}`);
+  let logs = new Map<string, string>();
+  const first = ['config', 'fstab'];
+  const rootDev = (await lstat(containerDir)).dev;
   const walk = async (rel: string) => {
     const dir = path.join(containerDir, rel);
-    const names = (await readdir(dir)).sort();
+    let found: string[];
+    try {
+      found = await readdir(dir);
+    } catch (err) {
+      if (rel !== '' && (err as NodeJS.ErrnoException).code === 'ENOENT') return; // removed while we looked
+      throw err;
+    }
+    const names = found.sort((a, b) => {
+      if (rel !== '') return a < b ? -1 : a > b ? 1 : 0;
+      const [ia, ib] = [first.indexOf(a), first.indexOf(b)];
+      return (ia < 0 ? 9 : ia) - (ib < 0 ? 9 : ib) || (a < b ? -1 : a > b ? 1 : 0);
+    });
     for (const n of names) {
       if (n.startsWith('.')) continue;
       if (rel === '' && volumeNames.includes(n)) continue;
       const r = rel ? `${rel}/${n}` : n;
-      const st = await lstat(path.join(containerDir, r));
+      const p = path.join(containerDir, r);
+      let st;
+      try {
+        st = await lstat(p);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // removed while we looked
+        throw err;
+      }
+      const key = logs.get(r);
+      if (key) {
+        leftOut(r, `a log file (${key} in the config)`);
+        continue;
+      }
+      // Node's fs calls take whole paths: stay well below PATH_MAX.
+      if (!isSafeMetaPath(r) || Buffer.byteLength(p) > 3800) {
+        leftOut(r, 'a name an archive cannot hold');
+        continue;
+      }
       if (st.isDirectory()) {
+        if (await isSubvolume(p)) {
+          leftOut(r, 'a subvolume that is not a volume of the config (not archived, nor anything below it)');
+          continue;
+        }
+        if (st.dev !== rootDev) {
+          leftOut(r, 'a mount point of another filesystem (not archived, nor anything below it)');
+          continue;
+        }
+        if (total + metaEntryCost(0) > META_TOTAL_MAX) {
+          leftOut(r, `the meta files would take more than ${META_TOTAL_MAX} bytes`);
+          continue;
+        }
+        total += metaEntryCost(0);
         out.push({ rel: r, type: 'directory', mode: st.mode & 0o7777, mtime: st.mtime });
         await walk(r);
       } else if (st.isFile()) {
-        out.push({ rel: r, type: 'file', mode: st.mode & 0o7777, mtime: st.mtime, data: await readFile(path.join(containerDir, r)) });
+        if (st.size > META_FILE_MAX) {
+          leftOut(r, `larger than ${META_FILE_MAX} bytes (${st.size})`);
+          continue;
+        }
+        let data: Buffer;
+        try {
+          data = await readCapped(p, META_FILE_MAX);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+          throw err;
+        }
+        if (data.length > META_FILE_MAX) {
+          leftOut(r, `larger than ${META_FILE_MAX} bytes (it grew while being read)`);
+          continue;
+        }
+        if (total + metaEntryCost(data.length) > META_TOTAL_MAX) {
+          leftOut(r, `the meta files would take more than ${META_TOTAL_MAX} bytes`);
+          continue;
+        }
+        total += metaEntryCost(data.length);
+        out.push({ rel: r, type: 'file', mode: st.mode & 0o7777, mtime: st.mtime, data });
+        if (r === 'config') logs = configLogFiles(data.toString('utf8'), containerDir);
       } else {
-        log.warn(`${r} in ${containerDir} is not a regular file or directory; not archived`);
+        leftOut(r, kindOf(st));
       }
     }
   };
   await walk('');
   if (!out.some((m) => m.rel === 'config' && m.type === 'file'))
-    throw new SbkError(`${containerDir}/config is missing: the container cannot be restored without it`, ExitCode.notFound);
+    throw new SbkError(`${containerDir}/config is missing or not a regular file of at most ${META_FILE_MAX} bytes: the container cannot be restored without it`, ExitCode.notFound);
   return out;
 }
 
@@ -75,6 +163,26 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
     if (p) await requireSubvolume(p, `parent snapshot of ${v.name}:`);
   }
   const meta = await collectMeta(record.containerDir, record.volumes.map((v) => v.name), log);
+  const nested: ManifestNested[] = [];
+  // The volumes are asked at once: two short btrfs commands each.
+  const finds = await Promise.all(
+    record.volumes.map((v) =>
+      nestedSubvolumes(v.source, v.snapshot, signal).catch((err: unknown) => {
+        signal?.throwIfAborted();
+        // The live volume is only asked which subvolumes it holds: without it the backup is still whole.
+        log.warn(`${record.name}: cannot look for nested subvolumes in ${v.name} (${(err as Error).message})`);
+        return [];
+      }),
+    ),
+  );
+  for (const [i, v] of record.volumes.entries()) {
+    for (const n of finds[i]!) {
+      log.warn(
+        `${record.name}: ${v.name}: nested subvolume ${n.path} is not backed up (btrfs send does not cross subvolumes); a restore makes an empty directory there`,
+      );
+      nested.push({ volume: v.name, ...n });
+    }
+  }
   let changelog: Awaited<ReturnType<typeof open>> | undefined;
   if (record.changelog) {
     try {
@@ -89,6 +197,7 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
       host: os.hostname(),
       meta: meta.map((m) => m.rel),
       changelog: changelog !== undefined,
+      nestedSubvolumes: nested,
     });
     const w = new ArchiveWriter(pack, manifest, opts.partSize ?? DEFAULT_PART_SIZE);
     await w.start();
@@ -109,6 +218,16 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
       await Promise.all([framing, s.done]).catch(async (err) => {
         s.stdout.destroy();
         await s.done.catch(() => {});
+        if (!signal?.aborted && /failed with -36|File name too long/.test((err as Error).message ?? '')) {
+          const long = await findLongPath(v.snapshot, signal).catch(() => undefined);
+          if (long)
+            throw new SbkError(
+              `${record.name}: btrfs send of volume ${v.name} failed: the path ${abbreviate(long)} (${Buffer.byteLength(long)} bytes) in ${v.name} ` +
+                `is longer than btrfs send can handle (PATH_MAX ${PATH_MAX}); shorten it in the container`,
+              ExitCode.failure,
+              { cause: err },
+            );
+        }
         throw err;
       });
       opts.onVolume?.({ phase: 'end', record, volume: v.name, snapshot: v.snapshot, parent });
@@ -116,6 +235,44 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
     await w.finish();
   } finally {
     await changelog?.close();
+  }
+}
+
+/** The longest path (bytes, relative to the subvolume) a send stream can carry, less one. */
+const PATH_MAX = 4096;
+
+/** A long path for a one-line message: its start and its end. */
+function abbreviate(p: string): string {
+  const s = JSON.stringify(p).slice(1, -1); // control characters escaped: the message stays one line
+  return s.length <= 320 ? s : `${s.slice(0, 200)}…${s.slice(-100)}`;
+}
+
+/**
+ * The first path in `snap` (relative to it) of PATH_MAX bytes or more, the one `btrfs send`
+ * fails on with ENAMETOOLONG. Run only after such a failure: GNU find walks trees of any depth
+ * (relative opens), where node's fs calls fail on the long paths themselves.
+ */
+export async function findLongPath(snap: string, signal?: AbortSignal): Promise<string | undefined> {
+  const { spawn } = await import('node:child_process');
+  const child = spawn('find', ['.', '-xdev', '-print0'], { cwd: snap, stdio: ['ignore', 'pipe', 'ignore'], signal });
+  const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  child.once('error', () => {});
+  let pending: Buffer = Buffer.alloc(0);
+  try {
+    for await (const chunk of child.stdout as AsyncIterable<Buffer>) {
+      pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+      let start = 0;
+      for (let z = pending.indexOf(0); z >= 0; z = pending.indexOf(0, start)) {
+        // "./a/b" → "a/b": the path as the send stream has it.
+        if (z - start - 2 >= PATH_MAX) return pending.subarray(start + 2, z).toString('utf8');
+        start = z + 1;
+      }
+      pending = pending.subarray(start);
+    }
+    return undefined;
+  } finally {
+    child.kill();
+    await exited;
   }
 }
 

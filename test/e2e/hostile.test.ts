@@ -143,6 +143,21 @@ describe.skipIf(mode === 'skip')('hostile archives are refused, nothing written 
     expect([3, 4, 5]).toContain(v.exitCode);
   });
 
+  it('makes no directory for a nested subvolume through a symlink of the received volume', async () => {
+    const file = path.join(sb.dir, 'nested.tar.gz');
+    const s = stream(cmd.subvol('rootfs'), cmd.symlink('l', '/tmp'));
+    const manifest = goodManifest({ nestedSubvolumes: [{ volume: 'rootfs', path: `l/${OUT}-nested`, mode: 0o755, uid: 0, gid: 0 }] });
+    await writeFile(file, await craft([{ name: 'meta/config', body: Buffer.from('a') }, { name: 'rootfs.delta', body: s }], manifest));
+    const r = await sh(`sbk-unpack --as nested ${file}`, sb);
+    try {
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(r.stderr).toMatch(/l is not a directory: no empty directory made there/);
+      expect(await stat(`/tmp/${OUT}-nested`).then(() => true, () => false)).toBe(false);
+    } finally {
+      await sh(`btrfs subvolume delete '${path.join(sb.lxcDir, 'nested/rootfs')}' && rm -rf '${path.join(sb.lxcDir, 'nested')}'`, sb);
+    }
+  });
+
   it('restores nothing under an invalid --as name', async () => {
     for (const name of ['../x', 'a/b', 'has space', '.hidden', '']) {
       const r = await sh(`sbk-unpack --as '${name}' /dev/null`, sb);

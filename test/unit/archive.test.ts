@@ -25,6 +25,7 @@ import {
   type ReadOptions,
 } from '../../src/lib/archive.js';
 import { RECORD_FORMAT, type BackupRecord } from '../../src/lib/record.js';
+import { META_FILE_MAX, META_TOTAL_MAX } from '../../src/lib/meta.js';
 import { SbkError, ExitCode } from '../../src/lib/errors.js';
 
 const FIXTURES = fileURLToPath(new URL('../fixtures/archives/', import.meta.url));
@@ -947,6 +948,30 @@ describe('readArchives: corrupt archives (exit 4)', () => {
 
     it('a huge declared size of a meta file', async () => {
       await corruptError(handmade([{ name: 'meta/config', body: 'x', size: 65 * 1024 * 1024 }], { end: false }), /meta entry 'meta\/config' is too large/);
+    });
+
+    it('a meta file over the per-file cap sbk-send keeps to (one rule for writer and readers)', async () => {
+      const body = Buffer.alloc(META_FILE_MAX + 1, 0x61);
+      await corruptError(handmade([{ name: 'meta/core', body }]), /meta entry 'meta\/core' is too large/);
+      // At the cap it is accepted.
+      await readAll(handmade([{ name: 'meta/core', body: body.subarray(0, META_FILE_MAX) }, { name: 'rootfs.delta', body: 'x' }]));
+    });
+
+    it('meta entries that together pass the total cap', async () => {
+      const n = Math.ceil(META_TOTAL_MAX / (META_FILE_MAX + 512));
+      const files = Array.from({ length: n }, (_, i) => ({ name: `meta/f${i}`, body: Buffer.alloc(META_FILE_MAX, 0x62) }));
+      await corruptError(handmade(files), new RegExp(`meta entry 'meta/f${n - 1}' takes the meta entries past ${META_TOTAL_MAX} bytes`));
+    });
+
+    it('a nested subvolume in the manifest with an unsafe path or an unlisted volume', async () => {
+      for (const [n, msg] of [
+        [{ volume: 'rootfs', path: '../etc', mode: 0o755, uid: 0, gid: 0 }, /unsafe nested subvolume path/],
+        [{ volume: 'home', path: 'x', mode: 0o755, uid: 0, gid: 0 }, /unlisted volume/],
+        [{ volume: 'rootfs', path: 'x', mode: 0o17777, uid: 0, gid: 0 }, /invalid mode or owner/],
+      ] as const) {
+        const m = { ...manifestOf({ record: record({ volumes: ['rootfs'] }) }), nestedSubvolumes: [n] };
+        await corruptError(handmade([{ name: 'rootfs.delta', body: 'x' }], { manifest: m as Manifest }), msg);
+      }
     });
 
     it('a huge declared size of the trailer', async () => {
