@@ -4,10 +4,20 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { sh } from '../helpers/sandbox.js';
+import { execa } from 'execa';
+import { BIN, sh } from '../helpers/sandbox.js';
 import { lxcMode, makeLxcSandbox, LXC_EXTRA_VOLUMES, type LxcSandbox } from '../helpers/lxc.js';
 
 const mode = lxcMode();
+
+/** Waits for a condition (no fixed sleeps: the machine is slow and noisy). */
+async function until(cond: () => Promise<boolean>, what = 'condition'): Promise<void> {
+  const end = Date.now() + 60_000;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 
 describe.skipIf(mode === 'skip')('sbk-unpack --force and a running LXC container', () => {
   let sb: LxcSandbox;
@@ -67,6 +77,37 @@ describe.skipIf(mode === 'skip')('sbk-unpack --force and a running LXC container
     const r = await sh('sbk-plan c1 | sbk-unpack --force', sb, { env: { SBK_LXC_DIR: link, SBK_BACKUP_DIR: sb.backupDir } });
     expect(r.exitCode).toBe(6);
     expect(r.stderr).toMatch(/container c1 is RUNNING/);
+  });
+
+  it('is refused when the container is started while the archives are being received (checked again before the swap)', async () => {
+    await sb.lxc.stop('c1');
+    const before = await markers();
+    const archive = (await sh('sbk-plan c1', sb)).stdout.trim().split('\n')[0]!;
+    const bytes = await readFile(archive);
+    const child = execa(BIN('sbk-unpack'), ['--force'], {
+      stdin: 'pipe',
+      reject: false,
+      encoding: 'utf8',
+      env: { ...sb.env },
+    });
+    try {
+      // The head of the archive: its manifest passes the first check (c1 is stopped), the
+      // receive starts in a temporary directory and waits for the rest.
+      child.stdin!.write(bytes.subarray(0, 4096));
+      await until(async () => (await leftovers()).length > 0);
+      await sb.lxc.start('c1');
+      child.stdin!.end(bytes.subarray(4096));
+      const r = await child;
+      expect(r.exitCode, r.stderr).toBe(6);
+      expect(r.stderr).toMatch(/container c1 is RUNNING: .*stop it first/);
+    } finally {
+      child.kill('SIGKILL');
+      await child.catch(() => {});
+    }
+    expect(await sb.lxc.state('c1')).toBe('RUNNING');
+    expect(await markers()).toEqual(before);
+    expect(await sb.lxc.attach('c1', ['cat', '/home/sbk-marker'])).toBe('c1 home');
+    expect(await leftovers()).toEqual([]);
   });
 
   it('once stopped, --force replaces it, and the restored container starts', async () => {
