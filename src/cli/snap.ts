@@ -107,17 +107,25 @@ export function main(argv: string[]): Promise<void> {
         const { formatRecord } = await import('../lib/record.js');
         const { checkContainerName } = await import('../lib/layout.js');
         let names = args._.map(String);
+        // One container failing does not stop the others; the exit code still reports it.
+        let failed: SbkError | undefined;
         if (args.all) {
           if (names.length) throw new SbkError('give container names or --all, not both', ExitCode.usage);
-          names = await findContainers(ctx.dirs, ctx.log);
-          if (!names.length) throw new SbkError(`no containers found in ${ctx.dirs.lxcDir}`, ExitCode.notFound);
+          const found = await findContainers(ctx.dirs, ctx.log);
+          // Said before any backup starts, one line each: a container --all found but cannot back
+          // up is an error (exit 1 at the end), never a silent gap in a cron job's backups.
+          for (const u of found.unusable) {
+            ctx.log.error(`${u.name}: not backed up: ${u.error.message}`);
+            failed = u.error;
+          }
+          names = found.names;
+          if (!names.length && !found.unusable.length) throw new SbkError(`no containers found in ${ctx.dirs.lxcDir}`, ExitCode.notFound);
+          if (!names.length) return ExitCode.failure;
         }
         if (!names.length) throw new SbkError('no container given (or use --all)', ExitCode.usage);
         for (const n of names) checkContainerName(n);
         const mode = args.full ? 'full' : args.incremental ? 'incremental' : 'auto';
         const lockWait = parseWait(args.wait);
-        // One container failing does not stop the others; the exit code still reports it.
-        let failed: SbkError | undefined;
         for (const name of names) {
           ctx.signal.throwIfAborted();
           try {
@@ -137,7 +145,7 @@ export function main(argv: string[]): Promise<void> {
             failed = err;
           }
         }
-        if (failed) return names.length === 1 ? failed.exitCode : ExitCode.failure;
+        if (failed) return names.length === 1 && !args.all ? failed.exitCode : ExitCode.failure;
       },
     },
     argv,

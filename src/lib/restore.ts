@@ -27,6 +27,7 @@ import { SbkError, ExitCode, describeSystemError } from './errors.js';
 import { checkContainerName, formatTime, type ParsedArchiveName } from './layout.js';
 import { parseLxcConfig, rewriteConfigForRestore, rootfsPath, configValue, serializeLxcConfig } from './lxc.js';
 import { exists, fsyncDir } from './atomic.js';
+import { refuseIfActive } from './lxc-state.js';
 import { ReceiveGuard, SendStreamReader } from './sendstream.js';
 import type { Log } from './log.js';
 import { isProcessAlive } from './proc.js';
@@ -407,6 +408,8 @@ export class Restore {
         `container ${name} already exists at ${target}; restore under another name with --as NAME, or replace it with --force`,
         ExitCode.conflict,
       );
+    // --force over a running (or frozen …) container would delete its volumes from under it.
+    if (this.opts.force && (await exists(target))) await refuseIfActive(lxcDir, name, 'replacing', this.signal);
     // One restore per chain at a time, whatever its name: btrfs receive finds an incremental's
     // parent by Received UUID anywhere on the filesystem, so it could pick the subvolume another
     // restore of the chain received (and deletes once applied). Taken after the name's lock.
@@ -614,6 +617,8 @@ export class Restore {
     const appeared = () => new SbkError(`container ${name} appeared at ${target} during the restore; not replacing it`, ExitCode.conflict);
     if (await exists(target)) {
       if (!this.opts.force) throw appeared();
+      // Again: it may have been started while the archives were received.
+      await refuseIfActive(lxcDir, name, 'replacing', this.signal);
       try {
         await rename(target, old);
       } catch (err) {

@@ -6,7 +6,7 @@
 import { mkdir, readdir, rename, rm, readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
-import { SbkError, ExitCode } from './errors.js';
+import { SbkError, ExitCode, describeSystemError } from './errors.js';
 import {
   CONFIRMED_MARKER,
   backupName,
@@ -18,7 +18,7 @@ import {
 } from './layout.js';
 import { configVolumes, readContainerConfig, type VolumeRef } from './lxc.js';
 import { deleteSubvolumes, isSubvolume, requireSubvolume, snapshot, subvolumeInfo, type SubvolumeInfo } from './btrfs.js';
-import { writeFileAtomic } from './atomic.js';
+import { exists, writeFileAtomic } from './atomic.js';
 import { backupLockFile, withLock } from './lock.js';
 import type { BackupRecord, SetRef, VolumeRecord } from './record.js';
 import { RECORD_FORMAT } from './record.js';
@@ -82,8 +82,21 @@ export async function containerVolumes(dirs: Dirs, container: string): Promise<C
   return { container, containerDir, volumes, skipped };
 }
 
-/** Containers in the LXC dir: directories with a config whose volumes are all subvolumes. */
-export async function findContainers(dirs: Dirs, log: Log): Promise<string[]> {
+export interface FoundContainers {
+  /** Containers that can be backed up, in name order. */
+  names: string[];
+  /** Containers (directories with an LXC config) that cannot be backed up, and why. */
+  unusable: { name: string; error: SbkError }[];
+}
+
+/**
+ * Containers in the LXC dir: directories with a config whose volumes are all subvolumes. A
+ * directory with a config that cannot be backed up (a volume that is a plain directory, a
+ * rootfs on another backend …) is a container all the same: it is returned in `unusable`, for
+ * the caller to report, never dropped in silence (a cron job would lose its backups for ever).
+ * Directories without a config are not containers (said with -v).
+ */
+export async function findContainers(dirs: Dirs, log: Log): Promise<FoundContainers> {
   let entries;
   try {
     entries = await readdir(dirs.lxcDir, { withFileTypes: true });
@@ -92,15 +105,23 @@ export async function findContainers(dirs: Dirs, log: Log): Promise<string[]> {
       throw new SbkError(`LXC directory ${dirs.lxcDir} does not exist`, ExitCode.notFound);
     throw err;
   }
-  const found: string[] = [];
+  const found: FoundContainers = { names: [], unusable: [] };
   for (const e of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
     if (!e.isDirectory() || e.name.startsWith('.')) continue;
     if (path.join(dirs.lxcDir, e.name) === dirs.backupDir || e.name === 'backups') continue;
+    if (!(await exists(path.join(dirs.lxcDir, e.name, 'config')))) {
+      log.verbose(`skipping ${e.name}: no LXC config in it (not a container)`);
+      continue;
+    }
     try {
       await containerVolumes(dirs, e.name);
-      found.push(e.name);
+      found.names.push(e.name);
     } catch (err) {
-      log.verbose(`skipping ${e.name}: ${(err as Error).message}`);
+      const error =
+        err instanceof SbkError
+          ? err
+          : (describeSystemError(err, path.join(dirs.lxcDir, e.name)) ?? new SbkError((err as Error).message, ExitCode.failure, { cause: err }));
+      found.unusable.push({ name: e.name, error });
     }
   }
   return found;

@@ -293,3 +293,52 @@ describe.skipIf(mode === 'skip')('backup flow on loopback BTRFS', () => {
     void rename;
   });
 });
+
+describe.skipIf(mode === 'skip')('--all and containers it cannot back up', () => {
+  let sb: Sandbox;
+
+  beforeAll(async () => {
+    sb = await makeSandbox({ sizeMiB: 256 });
+    await makeContainer(sb, 'a1', { volumes: ['rootfs', 'home'] });
+    // b2: its home is a plain directory, not a subvolume.
+    await makeContainer(sb, 'b2', { volumes: ['rootfs', 'home'], content: false });
+    await execa('btrfs', ['subvolume', 'delete', path.join(sb.lxcDir, 'b2/home')]);
+    await mkdir(path.join(sb.lxcDir, 'b2/home'));
+    // d3: a dir-backed rootfs (a plain directory), as `lxc-create -B dir` makes it.
+    const d3 = path.join(sb.lxcDir, 'd3');
+    await mkdir(path.join(d3, 'rootfs/etc'), { recursive: true });
+    await writeFile(path.join(d3, 'config'), `lxc.rootfs.path = dir:${d3}/rootfs\nlxc.uts.name = d3\n`);
+    // Not containers: no config.
+    await mkdir(path.join(sb.lxcDir, 'just-a-dir'));
+  });
+  afterAll(async () => {
+    await sb?.cleanup();
+  });
+
+  it('says on stderr every container it skipped and why, exits 1, and the others are backed up by the whole pipe', async () => {
+    const r = await sh('sbk-snap --all | sbk-changelog | sbk-send | sbk-pack', sb);
+    expect(r.exitCode).toBe(1);
+    const errs = r.stderr.split('\n').filter((l) => /not backed up/.test(l));
+    expect(errs).toHaveLength(2);
+    expect(errs[0]).toMatch(/^sbk-snap: .*b2: not backed up: .*b2\/home is not a BTRFS subvolume/);
+    expect(errs[1]).toMatch(/^sbk-snap: .*d3: not backed up: .*d3\/rootfs is not a BTRFS subvolume/);
+    expect(r.stderr).not.toMatch(/just-a-dir|backups/);
+    // One good container: a pipe of several records is another test's subject.
+    expect(path.basename(r.stdout.trim())).toMatch(/^a1_\d+_Full\.tar\.gz$/);
+    expect((await ls(path.join(sb.backupDir, 'a1')))[0]).toMatch(/^\d+_Full$/);
+    expect(await ls(path.join(sb.backupDir, 'b2'))).toEqual([]);
+    expect(await ls(path.join(sb.backupDir, 'd3'))).toEqual([]);
+  });
+
+  it('-v names what is not a container; with only unusable containers --all exits 1 and makes nothing', async () => {
+    const v = await sh('sbk-snap -v --all > /dev/null', sb);
+    expect(v.stderr).toMatch(/skipping just-a-dir: no LXC config/);
+    // a1 stops being a container: only the unusable ones are left.
+    await rm(path.join(sb.lxcDir, 'a1', 'config'));
+    const r = await sh('sbk-snap --all', sb);
+    expect(r.exitCode).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/b2: not backed up/);
+    expect(r.stderr).toMatch(/d3: not backed up/);
+  });
+});

@@ -118,8 +118,20 @@ export async function sweepSandboxes(): Promise<void> {
   const left = mounts.map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(prefix) && ours(m));
   // Deepest first, so nested mounts come off before their parents.
   for (const m of left.sort((a, b) => b.length - a.length)) {
+    await stopContainersIn(path.join(m, 'lxc'));
     await unmount(m);
     await rm(path.dirname(m), { recursive: true, force: true });
+  }
+}
+
+/** Kills the LXC containers running from `lxcDir` (test/helpers/lxc.ts): they keep its image busy. */
+async function stopContainersIn(lxcDir: string): Promise<void> {
+  if (!existsSync(lxcDir)) return;
+  const r = await execa('lxc-ls', ['-P', lxcDir, '--active', '-1'], { reject: false, stdin: 'ignore' });
+  if (r.exitCode !== 0) return; // no LXC here: nothing can run
+  for (const name of String(r.stdout).split('\n').filter(Boolean)) {
+    await execa('lxc-unfreeze', ['-P', lxcDir, '-n', name], { reject: false, stdin: 'ignore' });
+    await execa('lxc-stop', ['-P', lxcDir, '-n', name, '-k'], { reject: false, stdin: 'ignore' });
   }
 }
 
