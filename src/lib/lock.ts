@@ -2,10 +2,14 @@
 // exclusive flock(2) on the lock file and holds it for as long as our pipe to it stays open.
 // When this process exits or is killed, the pipe closes, the child exits and the lock is gone,
 // so no stale lock file ever blocks a run. The file itself stays; it names the last holder.
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+// The file is written only after the lock is taken, so it may still name a finished run: the
+// busy message names the process the kernel says holds the lock (/proc/locks) instead, by the
+// description it carries in its environment.
+import { mkdir, readFile, readdir, readlink, realpath, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { SbkError, ExitCode } from './errors.js';
+import { isProcessAlive } from './proc.js';
 
 const CONFLICT = 75;
 
@@ -22,9 +26,63 @@ export interface LockOptions {
   signal?: AbortSignal;
 }
 
+/** The environment variable in which the flock child carries its holder's description. */
+const HOLDER_ENV = 'SBK_LOCK_HOLDER';
+
+/** Pids of the processes holding a flock on `file` (not the waiters), from /proc/locks. */
+async function flockHolders(file: string): Promise<number[]> {
+  const [locks, st, real] = await Promise.all([
+    readFile('/proc/locks', 'utf8').catch(() => ''),
+    stat(file).catch(() => undefined),
+    realpath(file).catch(() => file),
+  ]);
+  if (!st) return [];
+  const pids: number[] = [];
+  for (const line of locks.split('\n')) {
+    // `1: FLOCK  ADVISORY  WRITE 1234 00:2f:5678 0 EOF`; waiters' lines have `->` after the number.
+    const f = line.trim().split(/\s+/);
+    if (f[1] !== 'FLOCK' || !f[5]) continue;
+    const ino = f[5].split(':')[2];
+    if (ino !== String(st.ino)) continue;
+    const pid = Number(f[4]);
+    // The inode number alone may be another file system's: the holder must have this file open.
+    const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+    for (const fd of fds) {
+      if ((await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')) === real) {
+        pids.push(pid);
+        break;
+      }
+    }
+  }
+  return pids;
+}
+
+async function processDescription(pid: number): Promise<string | undefined> {
+  const env = await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '');
+  const carried = env.split('\0').find((e) => e.startsWith(`${HOLDER_ENV}=`));
+  if (carried) return carried.slice(HOLDER_ENV.length + 1);
+  const cmd = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').filter(Boolean).join(' ');
+  return cmd ? `pid ${pid} (${cmd})` : undefined;
+}
+
+const recordPid = (record: string) => Number(/\(pid (\d+)\b/.exec(record)?.[1] ?? NaN);
+
+/**
+ * Who holds the lock now: the live holder's own description; the record in the file only when
+ * it is that holder's (it adds since when), or, without /proc, when its process is alive.
+ */
 async function describeHolder(file: string): Promise<string> {
   const text = await readFile(file, 'utf8').catch(() => '');
-  return text.trim().split('\n')[0] || 'another process';
+  const record = text.trim().split('\n')[0] ?? '';
+  const holders = await flockHolders(file);
+  for (const pid of holders) {
+    const live = await processDescription(pid);
+    if (!live) continue;
+    if (record && recordPid(record) === recordPid(live)) return record;
+    return live;
+  }
+  if (record && holders.length === 0 && isProcessAlive(recordPid(record))) return record;
+  return 'another process';
 }
 
 /** Takes the exclusive lock `file`, or fails with ExitCode.locked naming the holder. */
@@ -41,6 +99,7 @@ export async function acquireLock(file: string, opts: LockOptions): Promise<Lock
     stdout: 'pipe',
     stderr: 'pipe',
     buffer: false,
+    env: { [HOLDER_ENV]: `${opts.holder} (pid ${process.pid})` },
   });
   const stopWaiting = () => child.kill();
   opts.signal?.addEventListener('abort', stopWaiting, { once: true });

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { SbkError, ExitCode, describeSystemError } from './errors.js';
 import {
   CONFIRMED_MARKER,
+  archiveFileName,
   backupName,
   checkContainerName,
   isValidVolumeName,
@@ -25,6 +26,7 @@ import { RECORD_FORMAT } from './record.js';
 import type { Log } from './log.js';
 import type { Receipt } from './receipts.js';
 import { isProcessAlive } from './proc.js';
+import { readArchiveHead } from './chain.js';
 
 export interface SetInfo extends SetRef {
   confirmed: boolean;
@@ -290,6 +292,18 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
     log.info(`${container}: no valid parent backup, making a Full backup`);
   }
 
+  // A parent whose archives were stored here can only be restored from here: when one of its
+  // chain's archives is gone (removed by hand), every incremental on it would be useless.
+  if (!full && previous) {
+    const gap = await localChainGap(dirs, container, previous.set);
+    if (gap) {
+      const why = `the chain of ${previous.set.name} is not whole: ${gap}`;
+      if (opts.mode === 'incremental') throw new SbkError(`${why} (make a Full first)`, ExitCode.notFound);
+      full = true;
+      log.info(`${container}: ${why}; making a Full backup`);
+    }
+  }
+
   // The chain length: Full 0, an incremental one more than its parent (recorded at confirmation).
   let depth: number | null = 0;
   if (!full && previous) {
@@ -370,6 +384,12 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
 
 export interface Confirmation {
   sbk: 'confirmation';
+  /**
+   * Who confirmed it: sbk-pack, having stored the archive in this backup dir, or sbk-snap
+   * --confirm from a receipt (the archive is kept elsewhere). Older confirmations have no such
+   * field: those with a host or path came from a receipt.
+   */
+  by?: 'sbk-pack' | 'receipt';
   name: string;
   archive: string;
   size: number;
@@ -385,6 +405,39 @@ export interface Confirmation {
 /** Marks a set as a valid parent: its archive is stored. */
 export async function confirmSet(set: string, c: Confirmation): Promise<void> {
   await writeFileAtomic(path.join(set, CONFIRMED_MARKER), JSON.stringify(c) + '\n');
+}
+
+/** True when the set was confirmed from a receipt: its archive is not kept in this backup dir. */
+export const confirmedByReceipt = (c: Confirmation) =>
+  c.by === 'receipt' || (c.by === undefined && (c.host !== undefined || c.path !== undefined));
+
+/**
+ * Why the chain of a set confirmed here (by sbk-pack) cannot be restored from this backup dir:
+ * the first archive from the set back to its Full that is missing or unreadable, following the
+ * parents the manifests name. undefined when the chain is whole, or when the set was confirmed
+ * from a receipt (judged by its receipts: the archives are kept elsewhere).
+ */
+export async function localChainGap(dirs: Dirs, container: string, set: SetRef): Promise<string | undefined> {
+  const c = await readConfirmation(set.set);
+  if (!c || confirmedByReceipt(c)) return undefined;
+  let link: { time: number; full: boolean } | null = set;
+  for (let seen = 0; link && seen < 100_000; seen++) {
+    const name = archiveFileName(container, link.time, link.full);
+    const file = path.join(dirs.backupDir, name);
+    if (!(await stat(file).then((st) => st.isFile(), () => false))) return `${name} is not in ${dirs.backupDir}`;
+    if (link.full) return undefined;
+    let head;
+    try {
+      head = await readArchiveHead(file);
+    } catch (err) {
+      return `${name} cannot be read (${(err as Error).message})`;
+    }
+    if (!head.manifest) return `${name} is not an sbk archive`;
+    const parent: { time: number; full: boolean } | null = head.manifest.parent;
+    if (parent && parent.time >= link.time) return `${name} names a parent that is not older`;
+    link = parent;
+  }
+  return undefined;
 }
 
 export async function readConfirmation(set: string): Promise<Confirmation | undefined> {
@@ -581,6 +634,7 @@ export async function confirmFromReceipt(
       const already = (await readConfirmation(set)) !== undefined;
       const c = {
         sbk: 'confirmation',
+        by: 'receipt',
         name: r.name,
         archive: r.archive ?? (r.path ? path.basename(r.path) : undefined),
         size: r.size,

@@ -108,6 +108,7 @@ async function confirm(dirs: Dirs, m: Manifest, result: StoredArchive, log: Log,
     set,
     {
       sbk: 'confirmation',
+      by: 'sbk-pack',
       name: m.name,
       archive: path.basename(result.path),
       size: result.size,

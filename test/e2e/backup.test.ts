@@ -342,3 +342,63 @@ describe.skipIf(mode === 'skip')('--all and containers it cannot back up', () =>
     expect(r.stderr).toMatch(/d3: not backed up/);
   });
 });
+
+describe.skipIf(mode === 'skip')('a local chain whose archives were removed by hand', () => {
+  let sb: Sandbox;
+  const backup = (opts = '') => sh(`sbk-snap ${opts} c3 | sbk-send | sbk-pack`, sb);
+  const stored = (r: { stdout: string }) => path.basename(r.stdout.trim());
+
+  beforeAll(async () => {
+    sb = await makeSandbox({ sizeMiB: 256 });
+    await makeContainer(sb, 'c3', { content: false });
+  });
+  afterAll(async () => {
+    await sb?.cleanup();
+  });
+
+  it('the Full archive removed: the next backup is a Full and says why; --incremental fails', async () => {
+    const f = await backup();
+    expect(f.exitCode).toBe(0);
+    const i = await backup();
+    expect(i.exitCode).toBe(0);
+    expect(stored(i)).toMatch(/^c3_\d+\.tar\.gz$/);
+    await rm(path.join(sb.backupDir, stored(f)));
+
+    const inc = await sh('sbk-snap --incremental c3', sb);
+    expect(inc.exitCode).toBe(5);
+    expect(inc.stderr).toContain(`${stored(f)} is not in ${sb.backupDir}`);
+    expect(inc.stderr.trim().split('\n')).toHaveLength(1);
+
+    const next = await backup();
+    expect(next.exitCode).toBe(0);
+    expect(stored(next)).toMatch(/^c3_\d+_Full\.tar\.gz$/);
+    expect(next.stderr).toContain(`the chain of ${stored(i).replace('.tar.gz', '')} is not whole: ${stored(f)} is not in ${sb.backupDir}; making a Full backup`);
+  });
+
+  it('a middle incremental archive removed: the next backup is a Full and says why', async () => {
+    const i1 = await backup();
+    const i2 = await backup();
+    expect([stored(i1), stored(i2)]).toEqual([expect.stringMatching(/^c3_\d+\.tar\.gz$/), expect.stringMatching(/^c3_\d+\.tar\.gz$/)]);
+    await rm(path.join(sb.backupDir, stored(i1)));
+    const next = await backup();
+    expect(next.exitCode).toBe(0);
+    expect(stored(next)).toMatch(/^c3_\d+_Full\.tar\.gz$/);
+    expect(next.stderr).toContain(`${stored(i1)} is not in ${sb.backupDir}; making a Full backup`);
+    // The chain is whole again: the next backup is an incremental on that Full.
+    const after = await backup();
+    expect(after.stderr).toBe('');
+    expect(stored(after)).toMatch(/^c3_\d+\.tar\.gz$/);
+  });
+
+  it('a chain confirmed by receipts is judged by them, not by this backup dir', async () => {
+    const store = path.join(sb.dir, 'store');
+    const remote = (opts = '') => sh(`sbk-snap ${opts} c3 | sbk-send | sbk-pack -o - | sbk-pack --store "$S" | sbk-snap --confirm`, sb, { env: { S: store } });
+    const f = await remote('--full');
+    expect(f.exitCode).toBe(0);
+    const i = await remote();
+    expect(i.exitCode).toBe(0);
+    expect(i.stderr).toBe('');
+    const names = await ls(store);
+    expect(names.filter((n) => n.endsWith('.tar.gz'))).toEqual([expect.stringMatching(/^c3_\d+_Full\.tar\.gz$/), expect.stringMatching(/^c3_\d+\.tar\.gz$/)]);
+  });
+});
