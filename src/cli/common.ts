@@ -234,22 +234,26 @@ export function refuseBinaryToTerminal(prog: string, what: string): void {
   void prog;
 }
 
-/** Writes to stdout honouring backpressure. */
-export async function writeOut(chunk: string | Uint8Array): Promise<void> {
+/** Writes to stdout honouring backpressure; waiting for a slow reader stops when `signal` aborts. */
+export async function writeOut(chunk: string | Uint8Array, signal?: AbortSignal): Promise<void> {
   if (!process.stdout.write(chunk)) {
     await new Promise<void>((resolve, reject) => {
       const done = (err?: Error) => {
         process.stdout.off('drain', ok);
         process.stdout.off('error', done);
         process.stdout.off('close', closed);
+        signal?.removeEventListener('abort', aborted);
         if (err) reject(err);
         else resolve();
       };
       const ok = () => done();
       const closed = () => done(Object.assign(new Error('stdout closed'), { code: 'EPIPE' }));
+      const aborted = () => done(signal!.reason as Error);
+      if (signal?.aborted) return aborted();
       process.stdout.once('drain', ok);
       process.stdout.once('error', done);
       process.stdout.once('close', closed);
+      signal?.addEventListener('abort', aborted, { once: true });
     });
   }
 }

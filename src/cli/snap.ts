@@ -114,6 +114,12 @@ export function main(argv: string[]): Promise<void> {
         }
         if (!names.length) throw new SbkError('no container given (or use --all)', ExitCode.usage);
         for (const n of names) checkContainerName(n);
+        // A name given twice is one backup: a second set of the same container in the same run
+        // would only be an incremental on nothing new, and its parent is not confirmed yet.
+        const unique = [...new Set(names)];
+        for (const n of unique)
+          if (names.indexOf(n) !== names.lastIndexOf(n)) ctx.log.warn(`${n} is named more than once: backed up once`);
+        names = unique;
         const mode = args.full ? 'full' : args.incremental ? 'incremental' : 'auto';
         const lockWait = parseWait(args.wait);
         // One container failing does not stop the others; the exit code still reports it.
