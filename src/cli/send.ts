@@ -1,6 +1,7 @@
 // sbk-send: backup records in, an uncompressed tar stream of the deltas out (one complete tar
 // per backup, concatenated: `tar tvi` lists them all).
 import { runCli, refuseBinaryToTerminal, toolVersion, makeProgress, writeOut, PROGRESS_OPTION } from './common.js';
+import { SbkError, ExitCode } from '../lib/errors.js';
 import type { Meter } from '../lib/progress.js';
 
 interface SendArgs {
@@ -82,9 +83,11 @@ export function main(argv: string[]): Promise<void> {
               },
             }
           : {};
+        let count = 0;
         try {
           for await (const record of readRecords(process.stdin)) {
             ctx.signal.throwIfAborted();
+            count++;
             const pack = tar.pack();
             const piping = copyToStdout(pack, ctx.signal);
             piping.catch(() => {}); // handled where awaited; the framing may fail first
@@ -113,6 +116,10 @@ export function main(argv: string[]): Promise<void> {
           estimating?.abort();
           progress.close();
         }
+        // Nothing at all: the stage before failed (its message says why). Still a failure, so
+        // that a plain `sh` pipe (no pipefail) does not end in success.
+        if (count === 0)
+          throw new SbkError('no input (did the stage before fail?): expected backup records (sbk-snap or sbk-changelog output) on stdin', ExitCode.badInput);
       },
     },
     argv,
