@@ -82,8 +82,10 @@ async function recordChangelog(r: BackupRecord, args: Args, ctx: Context, opts: 
 async function runFilter(args: Args, ctx: Context, opts: ChangelogOptions): Promise<void> {
   if (process.stdin.isTTY)
     throw usageError('stdin is a terminal: pipe backup records into sbk-changelog (sbk-snap c1 | sbk-changelog | …)');
+  let count = 0;
   for await (const r of readRecords(process.stdin)) {
     if (ctx.signal.aborted) throw ctx.signal.reason;
+    count++;
     if (r.previous) {
       const lines = await recordChangelog(r, args, ctx, opts);
       const file = path.join(r.set, SET_CHANGELOG);
@@ -95,6 +97,9 @@ async function runFilter(args: Args, ctx: Context, opts: ChangelogOptions): Prom
     }
     await writeOut(formatRecord(r));
   }
+  // Nothing at all: sbk-snap failed (its message says why). Still a failure, so that a plain
+  // `sh` pipe (no pipefail) does not end in success.
+  if (count === 0) throw new SbkError('no input (did the stage before fail?): expected backup records (sbk-snap output) on stdin', ExitCode.badInput);
 }
 
 async function runBetween(args: Args, ctx: Context, opts: ChangelogOptions): Promise<void> {

@@ -27,7 +27,7 @@ export function toolVersion(): string {
 }
 
 const EPILOG =
-  'Exit status: 0 ok, 1 failure, 2 usage, 3 bad input, 4 corrupt data, 5 not found, 6 conflict, 7 locked, 70 bug, 130/143 interrupted.\nSee man sbk(7) for the formats.';
+  'Exit status: 0 ok, 1 failure, 2 usage, 3 bad input, 4 corrupt data, 5 not found, 6 conflict, 7 locked, 70 bug, 130/143 interrupted, 141 broken pipe.\nSee man sbk(7) for the formats.';
 
 /** The options every binary has, in the order --help lists them (then version, help, the binary's own). */
 const COMMON_OPTIONS = [
@@ -137,7 +137,7 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
     if (isBrokenPipe(err)) {
       if (!controller.signal.aborted) {
         stopReason = 'pipe';
-        controller.abort(new SbkError('the reader of stdout went away (broken pipe)', ExitCode.failure));
+        controller.abort(new SbkError('the reader of stdout went away (broken pipe)', ExitCode.brokenPipe));
       }
       return;
     }
@@ -182,7 +182,7 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
     running = false;
     if (stopReason === 'pipe' && !spec.brokenPipeIsOk) {
       log.error('the reader of stdout went away (broken pipe)');
-      process.exitCode = ExitCode.failure;
+      process.exitCode = ExitCode.brokenPipe;
     } else if (stopReason === 'signal') {
       process.exitCode = signalExit;
     } else if (stdoutError) {
@@ -198,7 +198,7 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
       if (spec.brokenPipeIsOk) process.exitCode = ExitCode.ok;
       else {
         log.error('the reader of stdout went away (broken pipe)');
-        process.exitCode = ExitCode.failure;
+        process.exitCode = ExitCode.brokenPipe;
       }
     } else if (err instanceof SbkError) {
       log.error(err.message);
@@ -234,22 +234,26 @@ export function refuseBinaryToTerminal(prog: string, what: string): void {
   void prog;
 }
 
-/** Writes to stdout honouring backpressure. */
-export async function writeOut(chunk: string | Uint8Array): Promise<void> {
+/** Writes to stdout honouring backpressure; waiting for a slow reader stops when `signal` aborts. */
+export async function writeOut(chunk: string | Uint8Array, signal?: AbortSignal): Promise<void> {
   if (!process.stdout.write(chunk)) {
     await new Promise<void>((resolve, reject) => {
       const done = (err?: Error) => {
         process.stdout.off('drain', ok);
         process.stdout.off('error', done);
         process.stdout.off('close', closed);
+        signal?.removeEventListener('abort', aborted);
         if (err) reject(err);
         else resolve();
       };
       const ok = () => done();
       const closed = () => done(Object.assign(new Error('stdout closed'), { code: 'EPIPE' }));
+      const aborted = () => done(signal!.reason as Error);
+      if (signal?.aborted) return aborted();
       process.stdout.once('drain', ok);
       process.stdout.once('error', done);
       process.stdout.once('close', closed);
+      signal?.addEventListener('abort', aborted, { once: true });
     });
   }
 }

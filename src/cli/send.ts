@@ -1,11 +1,29 @@
 // sbk-send: backup records in, an uncompressed tar stream of the deltas out (one complete tar
 // per backup, concatenated: `tar tvi` lists them all).
-import { runCli, refuseBinaryToTerminal, toolVersion, makeProgress, PROGRESS_OPTION } from './common.js';
+import { runCli, refuseBinaryToTerminal, toolVersion, makeProgress, writeOut, PROGRESS_OPTION } from './common.js';
+import { SbkError, ExitCode } from '../lib/errors.js';
 import type { Meter } from '../lib/progress.js';
 
 interface SendArgs {
   partSize?: number;
   progress?: boolean;
+}
+
+/**
+ * Copies one archive's tar stream to stdout, leaving stdout open for the next one. Not
+ * `pipeline(pack, stdout, { end: false })`: tar-stream's packs are streamx streams, whose pipe()
+ * takes no options and ends its destination, so stdout was ended after the first archive (and
+ * got four more listeners per archive). When stdout fails (a full disk, a reader gone), the pack
+ * is destroyed with that error, so that the framing stops and the output's error is the one
+ * reported.
+ */
+async function copyToStdout(pack: import('tar-stream').Pack, signal: AbortSignal): Promise<void> {
+  try {
+    for await (const chunk of pack as AsyncIterable<Buffer>) await writeOut(chunk, signal);
+  } catch (err) {
+    pack.destroy(err as Error);
+    throw err;
+  }
 }
 
 export function main(argv: string[]): Promise<void> {
@@ -23,11 +41,10 @@ export function main(argv: string[]): Promise<void> {
           }),
       run: async (args, ctx) => {
         refuseBinaryToTerminal('sbk-send', 'a tar stream');
-        const [{ default: tar }, { readRecords }, { writeBackupArchive, estimateSendSize }, { pipeline }] = await Promise.all([
+        const [{ default: tar }, { readRecords }, { writeBackupArchive, estimateSendSize }] = await Promise.all([
           import('tar-stream'),
           import('../lib/record.js'),
           import('../lib/send.js'),
-          import('node:stream/promises'),
         ]);
         const version = toolVersion();
         // Per volume: bytes, rate, elapsed; on a terminal also the estimated size of the stream,
@@ -66,11 +83,13 @@ export function main(argv: string[]): Promise<void> {
               },
             }
           : {};
+        let count = 0;
         try {
           for await (const record of readRecords(process.stdin)) {
             ctx.signal.throwIfAborted();
+            count++;
             const pack = tar.pack();
-            const piping = pipeline(pack, process.stdout, { end: false, signal: ctx.signal });
+            const piping = copyToStdout(pack, ctx.signal);
             piping.catch(() => {}); // handled where awaited; the framing may fail first
             try {
               await writeBackupArchive(pack, record, {
@@ -86,7 +105,7 @@ export function main(argv: string[]): Promise<void> {
               // No trailer was written: downstream sees an incomplete archive and stores nothing.
               pack.destroy(err as Error);
               // When the output failed first (a full disk), the framing fails with a bare "already
-              // finalized or destroyed": the pipeline rejects with the output's own error, report that.
+              // finalized or destroyed": the copy rejects with the output's own error, report that.
               await piping;
               throw err;
             }
@@ -97,6 +116,10 @@ export function main(argv: string[]): Promise<void> {
           estimating?.abort();
           progress.close();
         }
+        // Nothing at all: the stage before failed (its message says why). Still a failure, so
+        // that a plain `sh` pipe (no pipefail) does not end in success.
+        if (count === 0)
+          throw new SbkError('no input (did the stage before fail?): expected backup records (sbk-snap or sbk-changelog output) on stdin', ExitCode.badInput);
       },
     },
     argv,

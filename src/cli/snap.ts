@@ -29,33 +29,32 @@ async function confirmReceipts(args: SnapArgs, ctx: import('./common.js').Contex
   const lockWait = parseWait(args.wait);
   let count = 0;
   const failures: SbkError[] = [];
-  try {
-    for await (const { receipt } of readReceipts(process.stdin)) {
-      ctx.signal.throwIfAborted();
-      count++;
-      try {
-        const r = await confirmFromReceipt(ctx.dirs, receipt, {
-          log: ctx.log,
-          keep: args.keepSnapshots,
-          defaultKeep: DEFAULT_KEEP_SNAPSHOTS,
-          lockWait,
-          signal: ctx.signal,
-        });
-        ctx.log.verbose(`${receipt.name}: ${r.already ? 'was already confirmed' : 'confirmed'} (${r.set})`);
-        if (r.pruneError) {
-          ctx.log.error(r.pruneError.message);
-          failures.push(r.pruneError instanceof SbkError ? r.pruneError : new SbkError(String(r.pruneError), ExitCode.failure));
-        }
-        await writeOut(receiptLocation(receipt) + '\n');
-      } catch (err) {
-        if (ctx.signal.aborted || !(err instanceof SbkError)) throw err;
-        ctx.log.error(err.message);
-        failures.push(err);
+  for await (const { receipt } of readReceipts(process.stdin)) {
+    ctx.signal.throwIfAborted();
+    count++;
+    try {
+      const r = await confirmFromReceipt(ctx.dirs, receipt, {
+        log: ctx.log,
+        keep: args.keepSnapshots,
+        defaultKeep: DEFAULT_KEEP_SNAPSHOTS,
+        lockWait,
+        signal: ctx.signal,
+      });
+      ctx.log.verbose(`${receipt.name}: ${r.already ? 'was already confirmed' : 'confirmed'} (${r.set})`);
+      if (r.pruneError) {
+        ctx.log.error(r.pruneError.message);
+        failures.push(r.pruneError instanceof SbkError ? r.pruneError : new SbkError(String(r.pruneError), ExitCode.failure));
       }
+      await writeOut(receiptLocation(receipt) + '\n');
+    } catch (err) {
+      if (ctx.signal.aborted || !(err instanceof SbkError)) throw err;
+      ctx.log.error(err.message);
+      failures.push(err);
     }
-  } finally {
   }
-  if (count === 0) ctx.log.warn('no receipts on stdin: nothing confirmed');
+  // Nothing at all: the stages before failed (their message says why); a plain `sh` pipe,
+  // whose status is this stage's, must fail too.
+  if (count === 0) throw new SbkError('no input (did the stage before fail?): no receipts on stdin: nothing confirmed', ExitCode.badInput);
   if (failures.length) {
     const codes = new Set(failures.map((f) => f.exitCode));
     return codes.size === 1 ? failures[0]!.exitCode : ExitCode.failure;
@@ -124,6 +123,12 @@ export function main(argv: string[]): Promise<void> {
         }
         if (!names.length) throw new SbkError('no container given (or use --all)', ExitCode.usage);
         for (const n of names) checkContainerName(n);
+        // A name given twice is one backup: a second set of the same container in the same run
+        // would only be an incremental on nothing new, and its parent is not confirmed yet.
+        const unique = [...new Set(names)];
+        for (const n of unique)
+          if (names.indexOf(n) !== names.lastIndexOf(n)) ctx.log.warn(`${n} is named more than once: backed up once`);
+        names = unique;
         const mode = args.full ? 'full' : args.incremental ? 'incremental' : 'auto';
         const lockWait = parseWait(args.wait);
         for (const name of names) {

@@ -51,7 +51,7 @@ async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }
   const kind = sniff(head);
   if (kind === 'gzip' || kind === 'tar')
     return { inputs: [{ source: 'stdin', open: () => openArchiveStream(stream, 'stdin') }], files: false };
-  if (kind === 'empty') throw new SbkError('no input: stdin is empty (expected archive paths or archive bytes)', ExitCode.badInput);
+  if (kind === 'empty') throw new SbkError('no input (did the stage before fail?): stdin is empty (expected archive paths or archive bytes)', ExitCode.badInput);
   if (kind !== 'text')
     throw new SbkError(`expected archive paths or sbk archives on stdin, got ${describeKind[kind]}`, ExitCode.badInput);
   const chunks: Buffer[] = [];

@@ -12,6 +12,9 @@ export const ExitCode = {
   conflict: 6, // the target already exists (archive, container, snapshot set)
   locked: 7, // another run holds the lock
   bug: 70, // an internal error: please report it with the stack
+  // The reader of stdout went away: 128 + SIGPIPE, as a process killed by SIGPIPE reports, so
+  // that a pipeline can tell a stage that only lost its reader from the one that failed.
+  brokenPipe: 141,
   interrupted: 130, // SIGINT
   terminated: 143, // SIGTERM
 } as const;

@@ -71,7 +71,7 @@ async function checkInput(source: Readable): Promise<Readable> {
   const { head, stream } = await peekStream(source, 512);
   const kind = sniff(head);
   if (kind === 'tar') return stream;
-  if (kind === 'empty') throw new SbkError('no input: expected the tar stream of sbk-send on stdin', ExitCode.badInput);
+  if (kind === 'empty') throw new SbkError('no input (did the stage before fail?): expected the tar stream of sbk-send on stdin', ExitCode.badInput);
   const hint =
     kind === 'ndjson'
       ? ' (pipe the records through sbk-send first)'
@@ -345,7 +345,7 @@ export async function storeArchives(source: Readable, opts: StoreOptions): Promi
   if (kind === 'tar')
     return packArchives(stream, { ...opts, target: { kind: 'dir', dir: opts.dir } });
   stream.destroy();
-  if (kind === 'empty') throw new SbkError('no input: expected the output of sbk-pack -o - (or of sbk-send) on stdin', ExitCode.badInput);
+  if (kind === 'empty') throw new SbkError('no input (did the stage before fail?): expected the output of sbk-pack -o - (or of sbk-send) on stdin', ExitCode.badInput);
   throw new SbkError(
     `expected sbk archives (the gzip stream of sbk-pack -o -, or the tar stream of sbk-send) on stdin, got ${describeKind[kind]}${
       kind === 'ndjson' ? ' (pipe the records through sbk-send first)' : ''
@@ -590,7 +590,7 @@ async function storeGzipArchives(stream: Readable, opts: StoreOptions): Promise<
       signal?.throwIfAborted();
       const header = await readGzipHeader(reader, index);
       if (!header) {
-        if (index === 0) throw new SbkError('no input: expected the output of sbk-pack -o - on stdin', ExitCode.badInput);
+        if (index === 0) throw new SbkError('no input (did the stage before fail?): expected the output of sbk-pack -o - on stdin', ExitCode.badInput);
         break;
       }
       const a = await storeMember(reader, header, index, opts);
