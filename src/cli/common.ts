@@ -178,6 +178,9 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
   try {
     const dirs = resolveDirs({ lxcDir: args.lxcDir, backupDir: args.backupDir });
     running = true;
+    // A signal that came while the options were parsed: stop before any work (the waits in
+    // run() listen for the abort event, which an already aborted signal never fires).
+    controller.signal.throwIfAborted();
     const code = await spec.run(args, { log, dirs, signal: controller.signal });
     running = false;
     if (stopReason === 'pipe' && !spec.brokenPipeIsOk) {

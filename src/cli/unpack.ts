@@ -120,6 +120,7 @@ export function main(argv: string[]): Promise<void> {
         // A signal must stop a read of stdin that waits for its writer (before the first byte,
         // or in a list of paths), as the restore itself stops a waiting read of archive bytes.
         const stopStdin = () => process.stdin.destroy(ctx.signal.reason as Error);
+        ctx.signal.throwIfAborted(); // an abort before the listener is in never fires it
         if (!positional.length) ctx.signal.addEventListener('abort', stopStdin, { once: true });
         try {
           const { inputs, files } = positional.length

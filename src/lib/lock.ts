@@ -102,7 +102,8 @@ export async function acquireLock(file: string, opts: LockOptions): Promise<Lock
     env: { [HOLDER_ENV]: `${opts.holder} (pid ${process.pid})` },
   });
   const stopWaiting = () => child.kill();
-  opts.signal?.addEventListener('abort', stopWaiting, { once: true });
+  if (opts.signal?.aborted) stopWaiting();
+  else opts.signal?.addEventListener('abort', stopWaiting, { once: true });
   const acquired = await new Promise<boolean>((resolve, reject) => {
     child.stdout!.once('data', () => resolve(true));
     child.then(
