@@ -414,7 +414,8 @@ async function dropBackup(sb, name) {
   if (!m) throw new Error(`odd backup name ${name}`);
   const [, c, t, full] = m;
   await rm(path.join(sb.backupDir, `${name}.tar.gz`), { force: true });
-  await rm(path.join(sb.backupDir, `${c}_${t}_changelog.txt`), { force: true });
+  await rm(path.join(sb.backupDir, `${name}_changelog.txt`), { force: true });
+  await rm(path.join(sb.backupDir, `${c}_${t}_changelog.txt`), { force: true }); // the older name of a Full's
   await removeSubvolumesIn(path.join(sb.backupDir, c, `${t}${full ?? ''}`));
 }
 
@@ -692,9 +693,10 @@ async function sectionHelp() {
 // (g) the changelog bench of bench/changelog.mjs
 async function sectionChangelog() {
   const r = await sh(`node ${q(path.join(ROOT, 'bench', 'changelog.mjs'))} ${QUICK ? 10000 : 50000} ${QUICK ? 5 : 7}`);
-  const line = r.stdout.trim().split('\n').pop();
-  results.sections.g = JSON.parse(line);
-  log(`(g) changelog: ${line}`);
+  // Two lines: the one-file change, then a first Full's changelog (every path added).
+  const lines = r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  results.sections.g = { ...lines.find((x) => x.bench === 'changelog one-file change'), first: lines.find((x) => x.bench?.startsWith('changelog first Full')) };
+  log(`(g) changelog: ${JSON.stringify(results.sections.g)}`);
 }
 
 // --profile: the JS stages under the V8 CPU profiler
@@ -1060,6 +1062,22 @@ function report(meta) {
       `rsync / send stream: ${S.g.rsyncOverStream}×.`,
       '',
     );
+    if (S.g.first) {
+      const f = S.g.first;
+      L.push(
+        `A first Full's changelog (every path of the ${f.files} added), ${f.runs} runs each: sbk-changelog walks the snapshot.`,
+        '',
+        table(
+          ['way', 'median ms', 'min ms'],
+          [
+            ['readdir walk (used)', f.walk.medianMs, f.walk.minMs],
+            ['send stream (--no-data, no parent)', f.stream.medianMs, f.stream.minMs],
+            ['rsync dry run', f.rsync.medianMs, f.rsync.minMs],
+          ],
+        ),
+        '',
+      );
+    }
   }
 
   if (results.profile) {

@@ -61,18 +61,22 @@ async function writeChangelogFile(file: string, text: string): Promise<void> {
   }
 }
 
-/** The changelog lines of one record: every volume against the same volume of `previous`. */
+/**
+ * The changelog lines of one record: every volume against the same volume of `previous`; with no
+ * previous backup (a first Full), every path of every volume as added, so that the changelogs
+ * together name every backup that touched a path.
+ */
 async function recordChangelog(r: BackupRecord, args: Args, ctx: Context, opts: ChangelogOptions): Promise<ChangelogLine[]> {
-  const prev = r.previous!;
-  if (!(await exists(prev.set)))
+  const prev = r.previous;
+  if (prev && !(await exists(prev.set)))
     throw new SbkError(`${r.name}: the previous snapshot set ${prev.set} does not exist`, ExitCode.notFound);
   const lines: ChangelogLine[] = [];
   for (const vol of r.volumes) {
-    const old = path.join(prev.set, vol.name);
-    const hasOld = await exists(old);
+    const old = prev ? path.join(prev.set, vol.name) : null;
+    const hasOld = old !== null && (await exists(old));
     if (hasOld) await requireSnapshot(args.method, old, 'previous snapshot');
     await requireSnapshot(args.method, vol.snapshot, 'snapshot');
-    ctx.log.verbose(`${r.name}: ${vol.name}: ${hasOld ? `changes since ${prev.name}` : `new volume, every path added`} (${args.method})`);
+    ctx.log.verbose(`${r.name}: ${vol.name}: ${hasOld ? `changes since ${prev!.name}` : prev ? `new volume, every path added` : `first backup, every path added`} (${args.method})`);
     const changes = await changesBetween(args.method, hasOld ? old : null, vol.snapshot, opts);
     lines.push(...toLines(changes, vol.mount));
   }
@@ -86,15 +90,11 @@ async function runFilter(args: Args, ctx: Context, opts: ChangelogOptions): Prom
   for await (const r of readRecords(process.stdin)) {
     if (ctx.signal.aborted) throw ctx.signal.reason;
     count++;
-    if (r.previous) {
-      const lines = await recordChangelog(r, args, ctx, opts);
-      const file = path.join(r.set, SET_CHANGELOG);
-      await writeChangelogFile(file, formatChangelog(lines));
-      r.changelog = file;
-      ctx.log.info(`${r.name}: ${lines.length} change(s) since ${r.previous.name}`);
-    } else {
-      ctx.log.verbose(`${r.name}: no previous backup, no changelog`);
-    }
+    const lines = await recordChangelog(r, args, ctx, opts);
+    const file = path.join(r.set, SET_CHANGELOG);
+    await writeChangelogFile(file, formatChangelog(lines));
+    r.changelog = file;
+    ctx.log.info(`${r.name}: ${lines.length} change(s) since ${r.previous ? r.previous.name : 'nothing (first backup: every path added)'}`);
     await writeOut(formatRecord(r));
   }
   // Nothing at all: sbk-snap failed (its message says why). Still a failure, so that a plain

@@ -32,6 +32,29 @@ export interface ManifestVolume {
   mount: string;
   uuid: string;
   parentUuid: string | null;
+  /**
+   * The snapshot's root directory: an incremental's `btrfs receive` makes a new root, and the
+   * stream carries no chmod/chown/utimes for a root that did not change. Absent in older archives.
+   */
+  root?: VolumeRoot;
+}
+
+/** A volume root's mode (permission bits), owner and times (`<seconds>.<9 digits>`, to the ns). */
+export interface VolumeRoot {
+  mode: number;
+  uid: number;
+  gid: number;
+  atime: string;
+  mtime: string;
+}
+
+const ROOT_TIME = /^-?\d{1,12}\.\d{9}$/;
+
+/** `<seconds>.<nanoseconds, 9 digits>` of a bigint ns time, as VolumeRoot holds it. */
+export function formatRootTime(ns: bigint): string {
+  const sec = ns / 1_000_000_000n - (ns < 0n && ns % 1_000_000_000n !== 0n ? 1n : 0n);
+  const frac = ns - sec * 1_000_000_000n;
+  return `${sec}.${String(frac).padStart(9, '0')}`;
 }
 
 export interface Manifest {
@@ -82,7 +105,7 @@ export interface Trailer {
 
 export function manifestFromRecord(
   r: BackupRecord,
-  extra: { tool: string; host: string; meta: string[]; changelog: boolean; nestedSubvolumes?: ManifestNested[]; now?: Date },
+  extra: { tool: string; host: string; meta: string[]; changelog: boolean; nestedSubvolumes?: ManifestNested[]; now?: Date; roots?: Record<string, VolumeRoot> },
 ): Manifest {
   const ref = (s: SetRef | null) => (s ? { time: s.time, full: s.full, name: s.name } : null);
   return {
@@ -96,7 +119,10 @@ export function manifestFromRecord(
     name: r.name,
     parent: ref(r.parent),
     previous: ref(r.previous),
-    volumes: r.volumes.map((v) => ({ name: v.name, mount: v.mount, uuid: v.uuid, parentUuid: v.parentUuid })),
+    volumes: r.volumes.map((v) => {
+      const root = extra.roots && Object.hasOwn(extra.roots, v.name) ? extra.roots[v.name] : undefined;
+      return { name: v.name, mount: v.mount, uuid: v.uuid, parentUuid: v.parentUuid, ...(root ? { root } : {}) };
+    }),
     source: { containerDir: r.containerDir, set: r.set, host: extra.host },
     meta: extra.meta,
     changelog: extra.changelog,
@@ -352,6 +378,17 @@ export function checkManifest(v: Record<string, unknown>, source: string): Manif
     if (seen.has(vol.name)) throw bad(`volume ${vol.name} listed twice`);
     seen.add(vol.name);
     if (typeof vol.mount !== 'string' || !vol.mount.startsWith('/')) throw bad(`invalid mount point of ${vol.name}`);
+    if (vol.root !== undefined) {
+      const r = vol.root as Record<string, unknown> | null;
+      const id = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0 && (x as number) <= 0xffffffff;
+      if (
+        typeof r !== 'object' || r === null ||
+        !Number.isInteger(r.mode) || (r.mode as number) < 0 || (r.mode as number) > 0o7777 ||
+        !id(r.uid) || !id(r.gid) ||
+        typeof r.atime !== 'string' || !ROOT_TIME.test(r.atime) || typeof r.mtime !== 'string' || !ROOT_TIME.test(r.mtime)
+      )
+        throw bad(`invalid root of ${vol.name}`);
+    }
   }
   if (v.nestedSubvolumes !== undefined) {
     if (!Array.isArray(v.nestedSubvolumes)) throw bad('nestedSubvolumes is not a list');

@@ -337,6 +337,8 @@ const ISO_RE = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\
 /**
  * `--at`: unix seconds, or an ISO 8601 date or date-time. Without a zone it is local time
  * (as date(1) reads it); a date alone is local midnight. Fractions of a second are dropped.
+ * Every part must exist: month 1–12, a day of that month, hours 0–23, minutes and seconds 0–59
+ * (no 24:00, no leap second), a zone offset of at most ±14:00.
  */
 export function parseAtTime(s: string): number {
   const t = s.trim();
@@ -362,7 +364,11 @@ export function parseAtTime(s: string): number {
   let ms = date.getTime();
   if (utc && zone.toUpperCase() !== 'Z') {
     const zm = /^([+-])(\d{2}):?(\d{2})?$/.exec(zone)!;
-    const off = (Number(zm[2]) * 60 + Number(zm[3] ?? 0)) * 60_000;
+    const offMin = Number(zm[2]) * 60 + Number(zm[3] ?? 0);
+    // No zone on Earth is beyond ±14:00 (Kiribati +14, Baker Island -12): a larger offset, or
+    // minutes past 59, is a typo, not a time to restore to.
+    if (Number(zm[3] ?? 0) > 59 || offMin > 14 * 60) throw bad();
+    const off = offMin * 60_000;
     ms -= zm[1] === '+' ? off : -off;
   }
   if (!Number.isFinite(ms)) throw bad();

@@ -768,7 +768,32 @@ export async function changesByRsync(oldDir: string | null, newDir: string, opts
   }
 }
 
+/**
+ * Every path of a snapshot as added (a first Full, a new volume), the root too: a readdir walk
+ * that follows no symlink. Both methods would list the same paths, but on 50,000 files a whole
+ * `btrfs send --no-data`, replayed and lstat'ed path by path, took 8–12 s and rsync about 1 s,
+ * the walk 0.02–0.4 s (bench/changelog.mjs, idle and loaded 2-core box).
+ */
+export async function changesAllAdded(root: string, opts: ChangelogOptions = {}): Promise<Change[]> {
+  const out: Change[] = [{ action: 'added', rel: '', dir: true }];
+  const rootBytes = Buffer.from(root, 'utf8');
+  const stack = [''];
+  while (stack.length) {
+    opts.signal?.throwIfAborted();
+    const dir = stack.pop()!;
+    const full = dir === '' ? rootBytes : Buffer.concat([rootBytes, bytes('/' + dir)]);
+    for (const e of await readdir(full, { withFileTypes: true, encoding: 'buffer' })) {
+      const rel = join(dir, (e.name as unknown as Buffer).toString('latin1'));
+      const isDir = e.isDirectory();
+      out.push({ action: 'added', rel, dir: isDir });
+      if (isDir) stack.push(rel);
+    }
+  }
+  return out;
+}
+
 /** The changes between two snapshots of a volume by either method; `oldSnap` null: all added. */
 export function changesBetween(method: Method, oldSnap: string | null, newSnap: string, opts: ChangelogOptions = {}): Promise<Change[]> {
+  if (oldSnap === null) return changesAllAdded(newSnap, opts);
   return method === 'rsync' ? changesByRsync(oldSnap, newSnap, opts) : changesByStream(oldSnap, newSnap, opts);
 }

@@ -1,7 +1,7 @@
 // Names and places: the storage layout users' scripts depend on (see man/sbk.7, FILES).
 //   <backup-dir>/<c>/<time>[_Full]/<volume>   read-only snapshots (a "snapshot set")
 //   <backup-dir>/<c>_<time>[_Full].tar.gz     archive
-//   <backup-dir>/<c>_<time>_changelog.txt     changelog sidecar
+//   <backup-dir>/<c>_<time>[_Full]_changelog.txt  changelog sidecar (archive base + _changelog.txt)
 import path from 'node:path';
 import { SbkError, ExitCode } from './errors.js';
 
@@ -70,7 +70,15 @@ export function setDir(dirs: Dirs, container: string, time: number, full: boolea
 export const archiveFileName = (container: string, time: number, full: boolean) =>
   `${backupName(container, time, full)}.tar.gz`;
 
-export const changelogFileName = (container: string, time: number) => `${container}_${time}_changelog.txt`;
+/** The changelog sidecar: the archive's base name with `_changelog.txt`, as the original layout names it. */
+export const changelogFileName = (container: string, time: number, full: boolean) =>
+  `${backupName(container, time, full)}_changelog.txt`;
+
+/**
+ * The name sbk gave every sidecar before, a Full's too (`<c>_<time>_changelog.txt`): still read
+ * (pruned) beside a Full. For an incremental it is the same as changelogFileName.
+ */
+export const legacyChangelogFileName = (container: string, time: number) => `${container}_${time}_changelog.txt`;
 
 export interface ParsedArchiveName {
   container: string;

@@ -20,7 +20,8 @@ import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { readArchives, type ArchiveEntry, type Manifest } from './archive.js';
+import { execa } from 'execa';
+import { readArchives, type ArchiveEntry, type Manifest, type VolumeRoot } from './archive.js';
 import { deleteSubvolume, isOnBtrfs, isSubvolume, receive, snapshot } from './btrfs.js';
 import { linkProblem, readArchiveHead, readError } from './chain.js';
 import { SbkError, ExitCode, describeSystemError } from './errors.js';
@@ -514,6 +515,14 @@ export class Restore {
     if (mtime) await utimes(p, mtime, mtime);
   }
 
+  /** Mode, owner and times (to the nanosecond: touch(1), as utimes(2) from Node rounds to a double). */
+  private async setRoot(p: string, root: VolumeRoot): Promise<void> {
+    if (this.isRoot) await chown(p, root.uid, root.gid);
+    await chmod(p, root.mode);
+    for (const [flag, t] of [['-a', root.atime], ['-m', root.mtime]] as const)
+      await execa('touch', ['-h', flag, '-d', `@${t}`, '--', p], { stdin: 'ignore', cancelSignal: this.signal });
+  }
+
   private async receiveDelta(e: ArchiveEntry): Promise<void> {
     const cur = this.current!;
     const volume = e.volume!;
@@ -608,6 +617,8 @@ export class Restore {
     // Directory modes and times last: writing into a directory changes its mtime.
     for (const d of [...this.metaDirs].sort((a, b) => b.rel.length - a.rel.length))
       await this.setAttrs(d.rel === '' ? work : path.join(work, d.rel), d.mode, d.mtime, d.uid, d.gid);
+    // Each volume's root as the snapshot had it (the manifest says; older archives do not).
+    for (const v of last.id.manifest?.volumes ?? []) if (v.root) await this.setRoot(path.join(work, v.name), v.root);
     this.signal.throwIfAborted();
 
     // Into place. The existence check and rename are two steps; a container appearing in

@@ -6,7 +6,7 @@
 import { access } from 'node:fs/promises';
 import path from 'node:path';
 import { chainTo, type ArchiveFile } from './chain.js';
-import { changelogFileName } from './layout.js';
+import { archiveFileName, changelogFileName, legacyChangelogFileName, parseArchiveName } from './layout.js';
 
 export interface KeepPolicy {
   last?: number;
@@ -161,14 +161,27 @@ function ancestors(a: ArchiveFile, mine: ArchiveFile[]): ArchiveFile[] {
   return out;
 }
 
-/** The files to remove for one archive, in order: its changelog sidecar (if there), then the archive. */
-export async function filesOf(a: ArchiveFile): Promise<string[]> {
-  const sidecar = path.join(path.dirname(a.path), changelogFileName(a.container, a.time));
-  const there = await access(sidecar).then(
+const isThere = (p: string) =>
+  access(p).then(
     () => true,
     () => false,
   );
-  // The sidecar first: a prune cut short leaves an archive without its changelog (as a store
+
+/**
+ * The files to remove for one archive, in order: its changelog sidecars (if there), then the
+ * archive. A Full's sidecar may also have the name sbk gave it before (`<c>_<time>_changelog.txt`);
+ * that one is the Full's only while no incremental `<c>_<time>.tar.gz` owns that name.
+ */
+export async function filesOf(a: ArchiveFile): Promise<string[]> {
+  const dir = path.dirname(a.path);
+  // Named after the archive's file, as the store named it.
+  const f = parseArchiveName(a.file) ?? a;
+  const names = [changelogFileName(f.container, f.time, f.full)];
+  if (f.full && !(await isThere(path.join(dir, archiveFileName(f.container, f.time, false)))))
+    names.push(legacyChangelogFileName(f.container, f.time));
+  const sidecars: string[] = [];
+  for (const n of names) if (await isThere(path.join(dir, n))) sidecars.push(path.join(dir, n));
+  // The sidecars first: a prune cut short leaves an archive without its changelog (as a store
   // cut short may), never a changelog without its archive.
-  return there ? [sidecar, a.path] : [a.path];
+  return [...sidecars, a.path];
 }

@@ -4,7 +4,7 @@ import { readdir, lstat, open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import tar from 'tar-stream';
-import { ArchiveWriter, DEFAULT_PART_SIZE, manifestFromRecord } from './archive.js';
+import { ArchiveWriter, DEFAULT_PART_SIZE, formatRootTime, manifestFromRecord, type VolumeRoot } from './archive.js';
 import { isSubvolume, nestedSubvolumes, requireSubvolume, send } from './btrfs.js';
 import type { ManifestNested } from './archive.js';
 import { META_FILE_MAX, META_TOTAL_MAX, configLogFiles, isSafeMetaPath, metaEntryCost } from './meta.js';
@@ -192,12 +192,25 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
     }
   }
   try {
+    // Each snapshot's root as it is (read-only, so as the restore must make it): see VolumeRoot.
+    const roots: Record<string, VolumeRoot> = Object.create(null) as Record<string, VolumeRoot>;
+    for (const v of record.volumes) {
+      const st = await lstat(v.snapshot, { bigint: true });
+      roots[v.name] = {
+        mode: Number(st.mode & 0o7777n),
+        uid: Number(st.uid),
+        gid: Number(st.gid),
+        atime: formatRootTime(st.atimeNs),
+        mtime: formatRootTime(st.mtimeNs),
+      };
+    }
     const manifest = manifestFromRecord(record, {
       tool: `sbk ${opts.toolVersion}`,
       host: os.hostname(),
       meta: meta.map((m) => m.rel),
       changelog: changelog !== undefined,
       nestedSubvolumes: nested,
+      roots,
     });
     const w = new ArchiveWriter(pack, manifest, opts.partSize ?? DEFAULT_PART_SIZE);
     await w.start();

@@ -249,7 +249,7 @@ export async function packArchives(source: Readable, opts: PackOptions): Promise
       const o = current!;
       if (entry.role === 'changelog' && (target.kind === 'store' || target.kind === 'dir')) {
         const m = o.manifest;
-        o.changelog = await createAtomicFile(path.join(storeDir(target), changelogFileName(m.container, m.time)));
+        o.changelog = await createAtomicFile(path.join(storeDir(target), changelogFileName(m.container, m.time, m.full)));
         await writeOrExplain(o, () => writeEntry(o.pack, entry.header, entry.body, o.changelog!.stream));
         await new Promise<void>((resolve, reject) => {
           // end()'s callback also reports a failed write (disk full): never commit after one.
@@ -550,7 +550,7 @@ async function readMemberArchive(tarStream: Readable, index: number, dir: string
       if (await stat(finalPath).then(() => true, () => false))
         throw new SbkError(`${finalPath} already exists; not overwriting it`, ExitCode.conflict);
     } else if (entry.role === 'changelog') {
-      const f = (state.changelog = await createAtomicFile(path.join(dir, changelogFileName(m.container, m.time))));
+      const f = (state.changelog = await createAtomicFile(path.join(dir, changelogFileName(m.container, m.time, m.full))));
       for await (const c of entry.body) {
         await writeChunk(f.stream, c);
       }

@@ -3,7 +3,6 @@
 // backup records, --from-stream, and the errors.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { readFile, readdir, writeFile, mkdir } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { e2eMode, makeSandbox, sh, type Sandbox } from '../helpers/sandbox.js';
@@ -330,6 +329,34 @@ describe.skipIf(mode === 'skip')('sbk-changelog on loopback BTRFS', () => {
       'added /var/cache/apt2/list',
     ];
 
+    const EXPECTED_FIRST = [
+      'added /',
+      'added /etc/',
+      'added /etc/hostname',
+      'added /var/',
+      'added /var/cache/',
+      'added /var/cache/apt/',
+      'added /var/cache/apt/list',
+    ];
+
+    it("a first Full's changelog lists what a full send stream of each volume adds, odd names and all", async () => {
+      const p = await pair('true');
+      const set = path.join(p.dir, 'set');
+      await mkdir(set);
+      const vol = { name: 'new', mount: '/srv', source: p.new, snapshot: p.new, uuid: 'u', parentUuid: null };
+      const rec = { sbk: 'backup', format: 1, container: 'c1', time: 1, full: true, name: 'c1_1_Full', set, containerDir: p.dir, parent: null, previous: null, volumes: [vol] };
+      const r = await sh('sbk-changelog', sb, { input: JSON.stringify(rec) + '\n' });
+      expect(r.stderr).not.toMatch(/error/i);
+      expect(r.exitCode).toBe(0);
+      expect(JSON.parse(String(r.stdout))).toEqual({ ...rec, changelog: path.join(set, '.sbk-changelog.txt') });
+      const got = (await readFile(path.join(set, '.sbk-changelog.txt'), 'utf8')).split('\n').filter(Boolean);
+      const full = (await execa('btrfs', ['send', '-q', '--no-data', p.new], { encoding: 'buffer', stdin: 'ignore' })).stdout;
+      const oracle = await changelog('--from-stream --mount /srv', Buffer.from(full));
+      expect(oracle.exitCode).toBe(0);
+      expect(got).toEqual(oracle.lines);
+      expect(got.length).toBeGreaterThan(5);
+    });
+
     for (const method of ['stream', 'rsync']) {
       it(`writes each record's changelog and passes every record on (${method})`, async () => {
         const s = await sets();
@@ -339,11 +366,14 @@ describe.skipIf(mode === 'skip')('sbk-changelog on loopback BTRFS', () => {
         expect(r.exitCode).toBe(0);
         const out = String(r.stdout).split('\n').filter(Boolean).map((l) => JSON.parse(l));
         expect(out).toHaveLength(2);
-        expect(out[0]).toEqual(s.first); // no previous: unchanged
+        // No previous backup (a first Full): every path of every volume, added.
+        const firstFile = path.join(s.prev, '.sbk-changelog.txt');
+        expect(out[0]).toEqual({ ...s.first, changelog: firstFile });
+        expect(r.stderr).toMatch(/c1_100_Full: 7 change\(s\) since nothing \(first backup/);
+        expect((await readFile(firstFile, 'utf8')).split('\n').filter(Boolean)).toEqual(EXPECTED_FIRST);
         const file = path.join(s.cur, '.sbk-changelog.txt');
         expect(out[1]).toEqual({ ...s.record, changelog: file });
         expect((await readFile(file, 'utf8')).split('\n').filter(Boolean)).toEqual(EXPECTED);
-        expect(existsSync(path.join(s.prev, '.sbk-changelog.txt'))).toBe(false);
         expect((await readdir(s.cur)).filter((f) => f.includes('.tmp-'))).toEqual([]);
       });
     }

@@ -124,6 +124,15 @@ describe.skipIf(mode === 'skip')('restore flow on loopback BTRFS', () => {
       expect(r.stderr).toContain(`restored ${p.name} as p${i}`);
       const dir = path.join(sb.lxcDir, `p${i}`);
       expect(await volumeDiffs(p.set, dir)).toEqual([]);
+      // The volume roots too (volumeDiffs, like treeDiff, passes over the root's own line):
+      // an incremental's receive makes a new root, which the stream does not touch when the
+      // root did not change. Same mtime, mode and owner as the snapshot's, to the nanosecond.
+      for (const v of VOLUMES) {
+        const [a, b] = [await stat(path.join(p.set, v), { bigint: true }), await stat(path.join(dir, v), { bigint: true })];
+        expect([b.mtimeNs, b.mode, b.uid, b.gid], `${p.name} ${v}`).toEqual([a.mtimeNs, a.mode, a.uid, a.gid]);
+        const rs = await execa('rsync', ['-naHAXc', '--numeric-ids', '--delete', '--out-format=%i %n', `${path.join(p.set, v)}/`, `${path.join(dir, v)}/`]);
+        expect(rs.stdout, `${p.name} ${v}`).toBe('');
+      }
       // Only the live volumes remain: the received subvolumes and the temp dir are gone.
       expect(await subvolumeCount(sb)).toBe(before + VOLUMES.length);
       expect(await leftovers(sb)).toEqual([]);

@@ -3,7 +3,7 @@
 // touching a set whose pipeline is still running nor the parent it is sent against;
 // `sbk-snap --max-chain` in the local pipeline.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -42,8 +42,21 @@ describe.skipIf(mode === 'skip')('retention on loopback BTRFS', () => {
     }
     expect(names.map((n) => n.endsWith('_Full'))).toEqual([true, false, false, true, false, false]);
     const file = (i: number) => path.join(sb.backupDir, `${names[i]}.tar.gz`);
-    const sidecar = (i: number) => path.join(sb.backupDir, `p1_${/_(\d+)/.exec(names[i]!)![1]}_changelog.txt`);
-    expect(existsSync(sidecar(2))).toBe(true);
+    // Every backup's changelog sidecar is named after its archive (<archive base>_changelog.txt):
+    // a first Full's lists every path as added, a later Full's (--full) and an incremental's the
+    // changes since the backup before; so grep over them names every backup that touched a path.
+    const sidecar = (i: number) => path.join(sb.backupDir, `${names[i]}_changelog.txt`);
+    expect((await ls(sb.backupDir)).filter((n) => n.endsWith('_changelog.txt'))).toEqual(names.map((n) => `${n}_changelog.txt`).sort());
+    const lines = async (i: number) => (await readFile(sidecar(i), 'utf8')).split('\n').filter(Boolean);
+    const first = await lines(0);
+    expect(first.slice(0, 2)).toEqual(['added /', 'added /data']);
+    expect(first.every((l) => l.startsWith('added /'))).toBe(true);
+    expect(first).toContain('added /home/');
+    for (const i of [1, 2, 3, 4, 5]) expect(await lines(i), names[i]).toEqual(['modified /data']);
+    const touched = await execa('grep', ['-lE', '^(added|modified|deleted) /data$', ...names.map((_, i) => sidecar(i))]);
+    expect(touched.stdout.split('\n')).toEqual(names.map((_, i) => sidecar(i)));
+    // The changelog travels inside the archive as well.
+    expect((await execa('tar', ['xzOf', file(0), 'changelog.txt'])).stdout.split('\n')).toEqual(first);
 
     // The newest (with its chain) and, as the oldest backup of a month with count left, F0.
     const dry = await sh('sbk-plan p1 --prune --keep-last 1 --keep-monthly 5', sb);
@@ -82,10 +95,14 @@ describe.skipIf(mode === 'skip')('retention on loopback BTRFS', () => {
     const list = await sh('sbk-plan p1 --list --json', sb);
     expect(list.stdout.trim().split('\n').map((l) => JSON.parse(l).chain)).toEqual(['complete', 'complete', 'complete', 'complete']);
 
-    // Then the old chain goes too; the newest chain stays whole.
+    // Then the old chain goes too; the newest chain stays whole. F0's sidecar under the name
+    // earlier versions gave a Full's (<c>_<time>_changelog.txt) goes with it.
+    const oldName = path.join(sb.backupDir, `p1_${/_(\d+)/.exec(names[0]!)![1]}_changelog.txt`);
+    await rename(sidecar(0), oldName);
     const more = await sh('sbk-plan p1 --prune --keep-last 1 --delete', sb);
     expect(more.exitCode, more.stderr).toBe(0);
-    expect(more.stdout.split('\n')).toEqual([file(0)]);
+    expect(more.stdout.split('\n')).toEqual([oldName, file(0)]);
+    expect(existsSync(oldName)).toBe(false);
     const plan = await sh('sbk-plan p1', sb);
     expect(plan.stdout.split('\n')).toEqual([file(3), file(4), file(5)]);
   });

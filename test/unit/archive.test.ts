@@ -15,6 +15,7 @@ import {
   ArchiveWriter,
   readArchives,
   manifestFromRecord,
+  formatRootTime,
   deltaPartName,
   isSafeMetaPath,
   ARCHIVE_FORMAT,
@@ -895,6 +896,7 @@ describe('readArchives: corrupt archives (exit 4)', () => {
   });
 
   describe('bad manifests', () => {
+    const ROOT = { mode: 0o755, uid: 0, gid: 0, atime: '1700000000.000000001', mtime: '1700000000.123456789' };
     const base = () => JSON.parse(JSON.stringify(manifestOf({ record: record({ volumes: ['rootfs', 'home'] }) }))) as Record<string, any>;
     it.each<[string, (m: Record<string, any>) => void, RegExp]>([
       ['not a manifest', (m) => (m.sbk = 'backup'), /manifest.json: not an sbk manifest/],
@@ -919,6 +921,13 @@ describe('readArchives: corrupt archives (exit 4)', () => {
       ['a name that is not its container, time and kind', (m) => (m.name = '../../etc/cron.d/x'), /name/],
       ['a name of another time', (m) => (m.name = `c1_${T0 + 1}_Full`), /name/],
       ['an incremental without a parent', (m) => ((m.full = false), (m.name = `c1_${T0}`), (m.parent = null)), /an incremental without a parent/],
+      ['a volume root that is not an object', (m) => (m.volumes[1].root = 'x'), /invalid root of home/],
+      ['a volume root with a file type in its mode', (m) => (m.volumes[1].root = { ...ROOT, mode: 0o40755 }), /invalid root of home/],
+      ['a volume root with a negative uid', (m) => (m.volumes[1].root = { ...ROOT, uid: -1 }), /invalid root of home/],
+      ['a volume root without a gid', (m) => (m.volumes[1].root = { ...ROOT, gid: undefined }), /invalid root of home/],
+      ['a volume root time as a number', (m) => (m.volumes[1].root = { ...ROOT, mtime: 1700000000 }), /invalid root of home/],
+      ['a volume root time without its nanoseconds', (m) => (m.volumes[1].root = { ...ROOT, atime: '1700000000.5' }), /invalid root of home/],
+      ['a volume root time that is an option', (m) => (m.volumes[1].root = { ...ROOT, mtime: '--help' }), /invalid root of home/],
     ])('%s', async (_what, mutate, message) => {
       const m = base();
       mutate(m);
@@ -979,6 +988,26 @@ describe('readArchives: corrupt archives (exit 4)', () => {
       const t = trailerFor(es);
       await corruptError(rawTar([...es, { ...t, size: 2 ** 36 }], { end: false }), /trailer.json|broken/);
     });
+  });
+});
+
+describe('volume roots in the manifest', () => {
+  it('formatRootTime writes seconds and nine decimals, also before 1970', () => {
+    expect(formatRootTime(1_700_000_000_123_456_789n)).toBe('1700000000.123456789');
+    expect(formatRootTime(5n)).toBe('0.000000005');
+    expect(formatRootTime(0n)).toBe('0.000000000');
+    expect(formatRootTime(-1n)).toBe('-1.999999999');
+  });
+  it('a manifest with roots reads back; one without (older archives) too', async () => {
+    const root = { mode: 0o1777, uid: 100000, gid: 100001, atime: '1.000000000', mtime: '1700000000.123456789' };
+    const m = manifestOf({ record: record({ volumes: ['rootfs', 'home'] }) });
+    for (const withRoot of [true, false]) {
+      const mm = JSON.parse(JSON.stringify(m)) as Manifest;
+      if (withRoot) mm.volumes[0]!.root = root;
+      const got = await readAll(handmade([{ name: 'rootfs.delta', body: 'x' }, { name: 'home.delta', body: 'y' }], { manifest: mm }));
+      expect(got[0]!.manifest.volumes[0]!.root).toEqual(withRoot ? root : undefined);
+      expect(got.at(-1)!.role).toBe('trailer');
+    }
   });
 });
 

@@ -207,6 +207,10 @@ describe('parseAtTime', () => {
     expect(parseAtTime('2016-10-24T10:37:17+0200')).toBe(1477298237);
     expect(parseAtTime('2016-10-24T08:37:17.900Z')).toBe(1477298237);
     expect(parseAtTime('2016-10-24 08:37Z')).toBe(1477298220);
+    expect(parseAtTime('2016-10-24T22:37:17+14:00')).toBe(1477298237);
+    expect(parseAtTime('2016-10-23T20:37:17-12:00')).toBe(1477298237);
+    expect(parseAtTime('2016-10-24T08:37:17-00:00')).toBe(1477298237);
+    expect(parseAtTime('2024-02-29T00:00Z')).toBe(Date.UTC(2024, 1, 29) / 1000);
   });
   it('reads a date-time without a zone as local time, a date as local midnight', () => {
     expect(parseAtTime('2016-10-24T08:37:17')).toBe(new Date(2016, 9, 24, 8, 37, 17).getTime() / 1000);
@@ -222,7 +226,15 @@ describe('parseAtTime', () => {
     expect(parseAtTime('0050-06-01T12:00')).toBe(local.getTime() / 1000);
   });
   it('refuses anything else with a usage error', () => {
-    for (const bad of ['0099-02-29', 'yesterday', '2016-02-31', '2016-13-01', '24.10.2016', '', '1e9', '2016-10-24T25:00']) {
+    for (const bad of [
+      '0099-02-29', 'yesterday', '2016-02-31', '2016-13-01', '24.10.2016', '', '1e9', '2016-10-24T25:00',
+      // impossible zone offsets: hours > 14, minutes > 59, beyond ±14:00
+      '2026-12-01T18:00:00+25:00', '2026-12-01T18:00:00-25:00', '2026-12-01T18:00:00+99:00', '2026-12-01T18:00:00+02:60',
+      '2026-12-01T18:00:00+0275', '2026-12-01T18:00:00+14:01', '2026-12-01T18:00:00-14:30', '2026-12-01T18:00+15',
+      // impossible dates and times
+      '2026-02-30', '2026-02-29T00:00Z', '2026-00-10', '2026-12-00', '2026-12-32', '2026-04-31T12:00Z', '2026-12-01T24:00',
+      '2026-12-01T24:01', '2026-12-01T12:60', '2026-12-01T12:00:60Z', '2026-12-01T12:00:61',
+    ]) {
       expect(() => parseAtTime(bad), bad).toThrow(SbkError);
       try {
         parseAtTime(bad);

@@ -210,4 +210,72 @@ describe('fuzz: parseAtTime', () => {
       { seed: 4245, numRuns: 2000 },
     );
   });
+
+  // Parts of an ISO date-time, each in its valid range (day up to the month's length, zone up to ±14:00).
+  const validParts = fc
+    .record({
+      y: fc.integer({ min: 1, max: 9999 }),
+      mo: fc.integer({ min: 1, max: 12 }),
+      d: fc.integer({ min: 1, max: 31 }),
+      h: fc.integer({ min: 0, max: 23 }),
+      mi: fc.integer({ min: 0, max: 59 }),
+      s: fc.integer({ min: 0, max: 59 }),
+      off: fc.integer({ min: -14 * 60, max: 14 * 60 }),
+    })
+    .map((p) => ({ ...p, d: Math.min(p.d, daysIn(p.y, p.mo)) }));
+  const pad = (n: number, w = 2) => String(n).padStart(w, '0');
+  function daysIn(y: number, mo: number): number {
+    const d = new Date(0);
+    d.setUTCFullYear(y, mo, 0);
+    return d.getUTCDate();
+  }
+  function utcOf(p: { y: number; mo: number; d: number; h: number; mi: number; s: number }): number {
+    const d = new Date(0);
+    d.setUTCFullYear(p.y, p.mo - 1, p.d);
+    d.setUTCHours(p.h, p.mi, p.s, 0);
+    return d.getTime(); // Date.UTC of the parts, without its 0–99 → 1900s rule
+  }
+  function iso(p: { y: number; mo: number; d: number; h: number; mi: number; s: number; off: number }, offH?: number, offM?: number): string {
+    const a = Math.abs(p.off);
+    const zone = `${p.off < 0 ? '-' : '+'}${pad(offH ?? Math.floor(a / 60))}:${pad(offM ?? a % 60)}`;
+    return `${pad(p.y, 4)}-${pad(p.mo)}-${pad(p.d)}T${pad(p.h)}:${pad(p.mi)}:${pad(p.s)}${zone}`;
+  }
+
+  it('an ISO date-time built from valid parts reads as Date.UTC of those parts, less the offset', () => {
+    fc.assert(
+      fc.property(validParts, (p) => {
+        expect(parseAtTime(iso(p))).toBe((utcOf(p) - p.off * 60_000) / 1000);
+      }),
+      { seed: 4246, numRuns: 3000 },
+    );
+  });
+
+  it('any out-of-range part is refused with a usage error', () => {
+    const part = fc.constantFrom('mo', 'd', 'h', 'mi', 's', 'offH', 'offM', 'offTotal');
+    fc.assert(
+      fc.property(validParts, part, fc.integer({ min: 0, max: 99 }), (p, which, n) => {
+        const q = { ...p };
+        let offH: number | undefined;
+        let offM: number | undefined;
+        if (which === 'mo') q.mo = n === 0 ? 0 : 13 + (n % 87);
+        else if (which === 'd') q.d = n === 0 ? 0 : daysIn(p.y, p.mo) + 1 + (n % (99 - daysIn(p.y, p.mo)));
+        else if (which === 'h') q.h = 24 + (n % 76);
+        else if (which === 'mi') q.mi = 60 + (n % 40);
+        else if (which === 's') q.s = 60 + (n % 40);
+        else if (which === 'offH') offH = 15 + (n % 85);
+        else if (which === 'offM') offM = 60 + (n % 40);
+        else ((offH = 14), (offM = 1 + (n % 59)));
+        const s = iso(q, offH, offM);
+        try {
+          parseAtTime(s);
+        } catch (err) {
+          expect(err, s).toBeInstanceOf(SbkError);
+          expect((err as SbkError).exitCode).toBe(ExitCode.usage);
+          return;
+        }
+        throw new Error(`accepted ${s}`);
+      }),
+      { seed: 4247, numRuns: 3000 },
+    );
+  });
 });

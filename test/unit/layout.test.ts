@@ -10,7 +10,7 @@ import {
   setDirName,
   setDir,
   archiveFileName,
-  changelogFileName,
+  changelogFileName, legacyChangelogFileName,
   parseArchiveName,
   parseSetDirName,
   partialSetDirName,
@@ -145,8 +145,12 @@ describe('names of backups, sets, archives and changelogs', () => {
   it('archiveFileName and changelogFileName', () => {
     expect(archiveFileName('c1', 1477297700, false)).toBe('c1_1477297700.tar.gz');
     expect(archiveFileName('c1', 1477297700, true)).toBe('c1_1477297700_Full.tar.gz');
-    // The changelog of a Full has no _Full (as the original tool named it).
-    expect(changelogFileName('c1', 1477297700)).toBe('c1_1477297700_changelog.txt');
+    // The archive's base name with _changelog.txt, as the original layout names it.
+    expect(changelogFileName('c1', 1477297700, false)).toBe('c1_1477297700_changelog.txt');
+    expect(changelogFileName('c1', 1477297700, true)).toBe('c1_1477297700_Full_changelog.txt');
+    expect(changelogFileName('web_2', 5, true)).toBe('web_2_5_Full_changelog.txt');
+    // The name sbk gave a Full's sidecar before, still pruned with it.
+    expect(legacyChangelogFileName('c1', 1477297700)).toBe('c1_1477297700_changelog.txt');
   });
 
   it('setDirName, setDir and partialSetDirName', () => {
@@ -200,6 +204,7 @@ describe('parseArchiveName', () => {
     'c1_1477297700.tar.gz.tmp-12-0',
     '.c1_1477297700.tar.gz.tmp-12-0',
     'c1_1477297700_changelog.txt',
+    'c1_1477297700_Full_changelog.txt',
     'c1_1477297700_full.tar.gz',
     'c1_1477297700_Full_Full.tar.gz',
     'c1__Full.tar.gz',

@@ -7,7 +7,7 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
-import { applyPolicy, isoWeek, planPrune, policyIsEmpty, type KeepPolicy } from '../../src/lib/retention.js';
+import { applyPolicy, filesOf, isoWeek, planPrune, policyIsEmpty, type KeepPolicy } from '../../src/lib/retention.js';
 import { chainTo, type ArchiveFile } from '../../src/lib/chain.js';
 import type { Manifest } from '../../src/lib/archive.js';
 import { synthManifest, synthArchive } from '../fixtures/archives/synthetic.js';
@@ -284,6 +284,29 @@ describe('sbk-plan --prune', () => {
     expect(rows[0].reasons).toEqual(['last']);
     expect(rows[1].reasons).toEqual([`needed by ${ms[4]!.name}`]);
     expect(rows[2].files).toEqual([cl(ms[2]!), p(ms[2]!)]);
+  });
+
+  it("removes a Full's sidecars under both names: <archive base>_changelog.txt and the older <c>_<time>_changelog.txt", async () => {
+    const f = ms[0]!;
+    const now = path.join(dir, `${f.name}_changelog.txt`);
+    const old = path.join(dir, `c1_${f.time}_changelog.txt`);
+    await writeFile(now, 'added /\n');
+    await writeFile(old, 'added /\n');
+    const r = await plan(['--prune', '--keep-last', '2', '--delete']);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stdout.split('\n')).toEqual([cl(ms[2]!), p(ms[2]!), cl(ms[1]!), p(ms[1]!), now, old, p(f)]);
+    expect((await readdir(dir)).filter((n) => n !== '.locks').sort()).toEqual(
+      [`${ms[3]!.name}.tar.gz`, `${ms[4]!.name}.tar.gz`, `c1_${ms[4]!.time}_changelog.txt`].sort(),
+    );
+  });
+
+  it("leaves the older name to an incremental of the same second that owns it", async () => {
+    const f = ms[0]!;
+    // An incremental archive at the Full's time (another chain's): c1_<time>_changelog.txt is its.
+    await writeFile(path.join(dir, `c1_${f.time}.tar.gz`), 'not an archive');
+    await writeFile(path.join(dir, `c1_${f.time}_changelog.txt`), 'added /\n');
+    const files = await filesOf({ path: p(f), file: `${f.name}.tar.gz`, container: 'c1', time: f.time, full: true, name: f.name, size: 1, legacy: false });
+    expect(files).toEqual([p(f)]);
   });
 
   it.each([
