@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { changesBetween, changesByStream, changesByRsync } from '../dist/lib/changelog.js';
+import { changesBetween, changesByStream, changesByRsync } from '../dist/stages/changelog/changelog.js';
 
 const files = Number(process.argv[2] ?? 50000);
 const runs = Number(process.argv[3] ?? 7);

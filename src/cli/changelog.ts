@@ -3,23 +3,23 @@
 import path from 'node:path';
 import { lstat } from 'node:fs/promises';
 import { runCli, writeOut, type CliSpec, type Context } from './common.js';
-import { SbkError, ExitCode, usageError } from '../lib/errors.js';
-import { readRecords, formatRecord, type BackupRecord } from '../lib/record.js';
-import { SET_CHANGELOG } from '../lib/layout.js';
-import { createAtomicFile, exists } from '../lib/atomic.js';
-import type { ChangelogLine, ChangelogOptions, Method } from '../lib/changelog.js';
+import { SbkError, ExitCode, usageError } from '../core/errors.js';
+import { readRecords, formatRecord, type BackupRecord } from '../formats/record.js';
+import { SET_CHANGELOG } from '../core/layout.js';
+import { createAtomicFile, exists } from '../system/atomic.js';
+import type { ChangelogLine, ChangelogOptions, Method } from '../stages/changelog/changelog.js';
 
 // The work's modules (execa, the send-stream parser) are loaded for a real run only: --help
 // answers without them (see runCli).
-let requireSubvolume: typeof import('../lib/btrfs.js').requireSubvolume;
-let changesBetween: typeof import('../lib/changelog.js').changesBetween;
-let changesFromModel: typeof import('../lib/changelog.js').changesFromModel;
-let modelFromStream: typeof import('../lib/changelog.js').modelFromStream;
-let toLines: typeof import('../lib/changelog.js').toLines;
-let formatChangelog: typeof import('../lib/changelog.js').formatChangelog;
+let requireSubvolume: typeof import('../system/btrfs.js').requireSubvolume;
+let changesBetween: typeof import('../stages/changelog/changelog.js').changesBetween;
+let changesFromModel: typeof import('../stages/changelog/changelog.js').changesFromModel;
+let modelFromStream: typeof import('../stages/changelog/changelog.js').modelFromStream;
+let toLines: typeof import('../stages/changelog/changelog.js').toLines;
+let formatChangelog: typeof import('../stages/changelog/changelog.js').formatChangelog;
 async function loadWork(): Promise<void> {
-  ({ requireSubvolume } = await import('../lib/btrfs.js'));
-  ({ changesBetween, changesFromModel, modelFromStream, toLines, formatChangelog } = await import('../lib/changelog.js'));
+  ({ requireSubvolume } = await import('../system/btrfs.js'));
+  ({ changesBetween, changesFromModel, modelFromStream, toLines, formatChangelog } = await import('../stages/changelog/changelog.js'));
 }
 
 interface Args {

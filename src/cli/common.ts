@@ -3,9 +3,9 @@
 // yargs is loaded only to parse a real run: `--help` and `--version` answer without it (help.ts).
 import type { Argv } from 'yargs';
 import { readFileSync } from 'node:fs';
-import { ExitCode, SbkError, describeSystemError, isBrokenPipe } from '../lib/errors.js';
-import { Log, type Verbosity } from '../lib/log.js';
-import { resolveDirs, type Dirs } from '../lib/layout.js';
+import { ExitCode, SbkError, describeSystemError, isBrokenPipe } from '../core/errors.js';
+import { Log, type Verbosity } from '../core/log.js';
+import { resolveDirs, type Dirs } from '../core/layout.js';
 
 export interface CommonArgs {
   lxcDir?: string;
@@ -289,7 +289,7 @@ export const PROGRESS_OPTION = {
  * --progress.
  */
 export async function makeProgress(ctx: Context, flag: boolean | undefined, opts: { last?: boolean } = {}) {
-  const { Progress, chooseProgressMode, stdoutIsPipe } = await import('../lib/progress.js');
+  const { Progress, chooseProgressMode, stdoutIsPipe } = await import('../core/progress.js');
   const stderrIsTTY = process.stderr.isTTY === true;
   const mode = chooseProgressMode({ flag, quiet: ctx.log.verbosity === 0, stderrIsTTY, last: opts.last ?? !stdoutIsPipe() });
   const progress = new Progress({ prog: ctx.log.prog, mode, clearFirst: stderrIsTTY });

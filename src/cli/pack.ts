@@ -1,7 +1,7 @@
 // sbk-pack: the tar stream of sbk-send in, gzip archives stored atomically (or -o FILE / -o -).
 import { runCli, refuseBinaryToTerminal, writeOut, makeProgress, PROGRESS_OPTION } from './common.js';
-import { SbkError, ExitCode } from '../lib/errors.js';
-import type { Meter } from '../lib/progress.js';
+import { SbkError, ExitCode } from '../core/errors.js';
+import type { Meter } from '../core/progress.js';
 
 interface PackArgs {
   output?: string;
@@ -44,8 +44,8 @@ export function main(argv: string[]): Promise<void> {
           }),
       run: async (args, ctx) => {
         const [{ packArchives, storeArchives, receiptFor }, { createGzipCompressor }] = await Promise.all([
-          import('../lib/store.js'),
-          import('../lib/compression.js'),
+          import('../stages/pack/store.js'),
+          import('../formats/codecs/gzip.js'),
         ]);
         // Progress per archive: bytes in and out, ratio, rate (read from the compressor's counters).
         const progress = await makeProgress(ctx, args.progress);
@@ -74,7 +74,7 @@ export function main(argv: string[]): Promise<void> {
             throw new SbkError('stdin is a terminal: pipe the output of sbk-pack -o - into sbk-pack --store', ExitCode.usage);
           const { resolve } = await import('node:path');
           const { mkdir } = await import('node:fs/promises');
-          const { formatReceipt } = await import('../lib/receipts.js');
+          const { formatReceipt } = await import('../formats/receipt.js');
           const dir = resolve(args.store);
           await mkdir(dir, { recursive: true });
           const stored = await storeArchives(process.stdin, {

@@ -2,7 +2,7 @@
 // line, oldest first: the input of sbk-unpack). --list shows every backup and its chain.
 import path from 'node:path';
 import { runCli, writeOut, WAIT_OPTION, parseWait, type Context } from './common.js';
-import { SbkError, ExitCode } from '../lib/errors.js';
+import { SbkError, ExitCode } from '../core/errors.js';
 
 interface PlanArgs {
   at?: string;
@@ -23,9 +23,9 @@ interface PlanArgs {
  * a safe deletion order; with --delete they are removed, under the container's lock of DIR.
  */
 async function prune(container: string, dir: string, args: PlanArgs, ctx: Context): Promise<void> {
-  const { scanStore } = await import('../lib/chain.js');
-  const { planPrune, filesOf } = await import('../lib/retention.js');
-  const { formatTime } = await import('../lib/layout.js');
+  const { scanStore } = await import('../stages/plan/chain.js');
+  const { planPrune, filesOf } = await import('../stages/plan/prune.js');
+  const { formatTime } = await import('../core/layout.js');
   const policy = { last: args.keepLast, daily: args.keepDaily, weekly: args.keepWeekly, monthly: args.keepMonthly };
   const work = async () => {
     const all = await scanStore(dir, container, { warn: (m) => ctx.log.warn(m) });
@@ -56,7 +56,7 @@ async function prune(container: string, dir: string, args: PlanArgs, ctx: Contex
       return;
     }
     const { unlink } = await import('node:fs/promises');
-    const { fsyncDir } = await import('../lib/atomic.js');
+    const { fsyncDir } = await import('../system/atomic.js');
     // Newest first: an incremental goes before its parent, so a prune cut short never leaves an
     // incremental without its chain. Removed paths are printed as they go.
     for (const a of plan.remove) {
@@ -73,7 +73,7 @@ async function prune(container: string, dir: string, args: PlanArgs, ctx: Contex
     ctx.log.info(`${container}: removed ${plan.remove.length} backup${plan.remove.length === 1 ? '' : 's'}, kept ${plan.decisions.length - plan.remove.length}`);
   };
   if (!args.delete) return work();
-  const { withLock, backupLockFile } = await import('../lib/lock.js');
+  const { withLock, backupLockFile } = await import('../system/lock.js');
   // The same lock sbk-pack takes to store into DIR: nothing is stored while the plan is made and carried out.
   await withLock(backupLockFile(dir, container), { holder: `sbk-plan --prune --delete ${container}`, wait: parseWait(args.wait), signal: ctx.signal }, work);
 }
@@ -118,8 +118,8 @@ export function main(argv: string[]): Promise<void> {
       // A listing read by `| head` is fine; a --delete cut short by a vanished reader is not.
       brokenPipeIsOk: !argv.includes('--delete'),
       run: async (args, ctx) => {
-        const { scanStore, planRestore, parseAtTime, listRows } = await import('../lib/chain.js');
-        const { checkContainerName } = await import('../lib/layout.js');
+        const { scanStore, planRestore, parseAtTime, listRows } = await import('../stages/plan/chain.js');
+        const { checkContainerName } = await import('../core/layout.js');
         const names = args._.map(String);
         if (names.length !== 1)
           throw new SbkError(names.length ? `one container at a time (got ${names.join(', ')})` : 'no container given', ExitCode.usage);

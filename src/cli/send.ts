@@ -1,8 +1,8 @@
 // sbk-send: backup records in, an uncompressed tar stream of the deltas out (one complete tar
 // per backup, concatenated: `tar tvi` lists them all).
 import { runCli, refuseBinaryToTerminal, toolVersion, makeProgress, writeOut, PROGRESS_OPTION } from './common.js';
-import { SbkError, ExitCode } from '../lib/errors.js';
-import type { Meter } from '../lib/progress.js';
+import { SbkError, ExitCode } from '../core/errors.js';
+import type { Meter } from '../core/progress.js';
 
 interface SendArgs {
   partSize?: number;
@@ -43,8 +43,8 @@ export function main(argv: string[]): Promise<void> {
         refuseBinaryToTerminal('sbk-send', 'a tar stream');
         const [{ default: tar }, { readRecords }, { writeBackupArchive, estimateSendSize }] = await Promise.all([
           import('tar-stream'),
-          import('../lib/record.js'),
-          import('../lib/send.js'),
+          import('../formats/record.js'),
+          import('../stages/send/send.js'),
         ]);
         const version = toolVersion();
         // Per volume: bytes, rate, elapsed; on a terminal also the estimated size of the stream,

@@ -1,6 +1,6 @@
 // sbk-snap: container names in, one NDJSON backup record per backup out (snapshots made).
 import { runCli, writeOut, WAIT_OPTION, parseWait } from './common.js';
-import { SbkError, ExitCode } from '../lib/errors.js';
+import { SbkError, ExitCode } from '../core/errors.js';
 
 interface SnapArgs {
   full?: boolean;
@@ -22,8 +22,8 @@ const DEFAULT_KEEP_SNAPSHOTS = 2;
  * stops at its line (exit 3).
  */
 async function confirmReceipts(args: SnapArgs, ctx: import('./common.js').Context): Promise<number | void> {
-  const { readReceipts, receiptLocation } = await import('../lib/receipts.js');
-  const { confirmFromReceipt } = await import('../lib/snapshots.js');
+  const { readReceipts, receiptLocation } = await import('../formats/receipt.js');
+  const { confirmFromReceipt } = await import('../stages/snap/sets.js');
   if (process.stdin.isTTY)
     throw new SbkError('stdin is a terminal: pipe the receipts of sbk-pack --store into sbk-snap --confirm', ExitCode.usage);
   const lockWait = parseWait(args.wait);
@@ -102,9 +102,9 @@ export function main(argv: string[]): Promise<void> {
           if (args._.length) throw new SbkError('--confirm reads receipts on stdin; it takes no container names', ExitCode.usage);
           return confirmReceipts(args, ctx);
         }
-        const { makeBackupSet, findContainers } = await import('../lib/snapshots.js');
-        const { formatRecord } = await import('../lib/record.js');
-        const { checkContainerName } = await import('../lib/layout.js');
+        const [{ makeBackupSet }, { findContainers }] = await Promise.all([import('../stages/snap/sets.js'), import('../system/lxc.js')]);
+        const { formatRecord } = await import('../formats/record.js');
+        const { checkContainerName } = await import('../core/layout.js');
         let names = args._.map(String);
         // One container failing does not stop the others; the exit code still reports it.
         let failed: SbkError | undefined;

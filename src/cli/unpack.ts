@@ -4,9 +4,9 @@ import path from 'node:path';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { runCli, WAIT_OPTION, parseWait, makeProgress, PROGRESS_OPTION } from './common.js';
-import { SbkError, ExitCode, describeSystemError } from '../lib/errors.js';
-import type { RestoreInput, RestoreProgress } from '../lib/restore.js';
-import type { Meter, Progress } from '../lib/progress.js';
+import { SbkError, ExitCode, describeSystemError } from '../core/errors.js';
+import type { RestoreInput, RestoreProgress } from '../stages/unpack/restore.js';
+import type { Meter, Progress } from '../core/progress.js';
 
 interface UnpackArgs {
   as?: string;
@@ -19,8 +19,8 @@ interface UnpackArgs {
 const MAX_LIST = 1024 * 1024;
 
 async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
-  const { openArchiveFile } = await import('../lib/chain.js');
-  const { parseArchiveName } = await import('../lib/layout.js');
+  const { openArchiveFile } = await import('../formats/archive/open.js');
+  const { parseArchiveName } = await import('../core/layout.js');
   const inputs: RestoreInput[] = [];
   for (const p of paths) {
     const abs = path.resolve(p);
@@ -43,8 +43,8 @@ async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
 
 /** Stdin holds either archive bytes (gzip or tar) or a list of paths, one a line: the first bytes tell. */
 async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }> {
-  const { peekStream, sniff, describeKind } = await import('../lib/input.js');
-  const { openArchiveStream } = await import('../lib/chain.js');
+  const { peekStream, sniff, describeKind } = await import('../formats/input.js');
+  const { openArchiveStream } = await import('../formats/archive/open.js');
   if (process.stdin.isTTY)
     throw new SbkError('no archives: give their paths, or pipe `sbk-plan CONTAINER` or archive bytes into stdin', ExitCode.usage);
   const { head, stream } = await peekStream(process.stdin, 512);
@@ -110,12 +110,12 @@ export function main(argv: string[]): Promise<void> {
           .option('progress', PROGRESS_OPTION)
           .conflicts('verify', ['as', 'force']),
       run: async (args, ctx) => {
-        const { restoreChain, verifyInputs, precheckFiles } = await import('../lib/restore.js');
-        const { checkContainerName } = await import('../lib/layout.js');
+        const { restoreChain, verifyInputs, precheckFiles } = await import('../stages/unpack/restore.js');
+        const { checkContainerName } = await import('../core/layout.js');
         if (args.as !== undefined) checkContainerName(args.as, '--as name');
         // sbk-unpack is the end of its pipe (it writes no data to stdout): it may draw.
         const shown = await makeProgress(ctx, args.progress, { last: true });
-        const progress = shown.enabled ? restoreProgress(shown, (await import('../lib/progress.js')).formatBytes) : undefined;
+        const progress = shown.enabled ? restoreProgress(shown, (await import('../core/progress.js')).formatBytes) : undefined;
         const positional = args._.map(String);
         // A signal must stop a read of stdin that waits for its writer (before the first byte,
         // or in a list of paths), as the restore itself stops a waiting read of archive bytes.

@@ -69,7 +69,7 @@ describe.skipIf(mode === 'skip')('reliability on loopback BTRFS', () => {
     it('a second backup of the same container fails fast naming the holder, or waits with --wait', async () => {
       // Hold c1's lock from another process for 3 s.
       const holder = execa('node', ['-e', `
-        const { acquireLock, backupLockFile } = await import(${JSON.stringify(path.join(ROOT, 'dist/lib/lock.js'))});
+        const { acquireLock, backupLockFile } = await import(${JSON.stringify(path.join(ROOT, 'dist/system/lock.js'))});
         await acquireLock(backupLockFile(${JSON.stringify(sb.backupDir)}, 'c1'), { holder: 'the lock test' });
         console.log('held'); setTimeout(() => {}, 3000);`], { input: '', buffer: false, reject: false });
       await new Promise<void>((r) => holder.stdout!.once('data', () => r()));
@@ -89,7 +89,7 @@ describe.skipIf(mode === 'skip')('reliability on loopback BTRFS', () => {
 
     it('a SIGKILLed holder leaves no stale lock', async () => {
       const holder = execa('node', ['-e', `
-        const { acquireLock, backupLockFile } = await import(${JSON.stringify(path.join(ROOT, 'dist/lib/lock.js'))});
+        const { acquireLock, backupLockFile } = await import(${JSON.stringify(path.join(ROOT, 'dist/system/lock.js'))});
         await acquireLock(backupLockFile(${JSON.stringify(sb.backupDir)}, 'c2'), { holder: 'a doomed holder' });
         console.log('held'); setTimeout(() => {}, 60000);`], { input: '', buffer: false, reject: false });
       await new Promise<void>((r) => holder.stdout!.once('data', () => r()));

@@ -9,7 +9,7 @@ import { execa } from 'execa';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { e2eMode, makeSandbox, makeContainer, randomish, sh, treeDiff, BIN, type Sandbox } from '../helpers/sandbox.js';
-import { subvolumeInfo } from '../../src/lib/btrfs.js';
+import { subvolumeInfo } from '../../src/system/btrfs.js';
 
 const mode = e2eMode();
 const VOLUMES = ['rootfs', 'home', 'opt', 'var'];

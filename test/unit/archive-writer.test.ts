@@ -5,8 +5,8 @@ import { randomBytes, createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { describe, it, expect } from 'vitest';
-import { ArchiveWriter, DEFAULT_PART_SIZE, manifestFromRecord, readArchives } from '../../src/lib/archive.js';
-import { RECORD_FORMAT, type BackupRecord } from '../../src/lib/record.js';
+import { ArchiveWriter, DEFAULT_PART_SIZE, manifestFromRecord, readArchives } from '../../src/formats/archive/archive.js';
+import { RECORD_FORMAT, type BackupRecord } from '../../src/formats/record.js';
 
 const MiB = 1024 * 1024;
 const T0 = 1477297700;

@@ -24,10 +24,10 @@ import {
   type Trailer,
   type ArchiveEntry,
   type ReadOptions,
-} from '../../src/lib/archive.js';
-import { RECORD_FORMAT, type BackupRecord } from '../../src/lib/record.js';
-import { META_FILE_MAX, META_TOTAL_MAX } from '../../src/lib/meta.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+} from '../../src/formats/archive/archive.js';
+import { RECORD_FORMAT, type BackupRecord } from '../../src/formats/record.js';
+import { META_FILE_MAX, META_TOTAL_MAX } from '../../src/formats/archive/meta.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 const FIXTURES = fileURLToPath(new URL('../fixtures/archives/', import.meta.url));
 const T0 = 1477297700;

@@ -4,8 +4,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
-import { createAtomicFile, writeFileAtomic, tempNameFor, isTempName, fsyncDir, WriteBehind } from '../../src/lib/atomic.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+import { createAtomicFile, writeFileAtomic, tempNameFor, isTempName, fsyncDir, WriteBehind } from '../../src/system/atomic.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 // Faults the file system cannot be made to give on demand without root: short writes (what
 // write(2) returns when the disk fills part way) and write errors (ENOSPC). Off unless a test

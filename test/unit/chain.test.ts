@@ -5,9 +5,11 @@ import { mkdtemp, rm, writeFile, truncate, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
-import { scanStore, planRestore, parseAtTime, linkProblem, listRows, readArchiveHead, type ArchiveFile } from '../../src/lib/chain.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
-import type { Manifest } from '../../src/lib/archive.js';
+import { scanStore, planRestore, parseAtTime, listRows, type ArchiveFile } from '../../src/stages/plan/chain.js';
+import { readArchiveHead } from '../../src/formats/archive/open.js';
+import { linkProblem } from '../../src/formats/archive/links.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
+import type { Manifest } from '../../src/formats/archive/archive.js';
 import { synthManifest, synthArchive, legacyArchive } from '../fixtures/archives/synthetic.js';
 import { BIN } from '../helpers/sandbox.js';
 

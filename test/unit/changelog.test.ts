@@ -16,10 +16,10 @@ import {
   containerPath,
   compareLines,
   type ChangelogLine,
-} from '../../src/lib/changelog.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
-import { Cmd, Attr } from '../../src/lib/sendstream.js';
-import { crc32cUpdate } from '../../src/lib/crc32c.js';
+} from '../../src/stages/changelog/changelog.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
+import { Cmd, Attr } from '../../src/formats/sendstream/reader.js';
+import { crc32cUpdate } from '../../src/formats/sendstream/crc32c.js';
 
 const fixture = (name: string) => readFileSync(new URL(`../fixtures/sendstream/${name}`, import.meta.url));
 

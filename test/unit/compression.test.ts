@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import zlib from 'node:zlib';
-import { createGzipCompressor, createGunzip, crc32, jsCrc32, MIN_BLOCK_SIZE, type GzipOptions } from '../../src/lib/compression.js';
+import { createGzipCompressor, createGunzip, crc32, jsCrc32, MIN_BLOCK_SIZE, type GzipOptions } from '../../src/formats/codecs/gzip.js';
 
 const B = MIN_BLOCK_SIZE; // small blocks keep the tests fast and still cross many boundaries
 

@@ -9,10 +9,10 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
-import { verifyInputs } from '../../src/lib/restore.js';
-import { openArchiveStream } from '../../src/lib/chain.js';
-import { SbkError } from '../../src/lib/errors.js';
-import { Log } from '../../src/lib/log.js';
+import { verifyInputs } from '../../src/stages/unpack/restore.js';
+import { openArchiveStream } from '../../src/formats/archive/open.js';
+import { SbkError } from '../../src/core/errors.js';
+import { Log } from '../../src/core/log.js';
 import { ROOT } from '../helpers/sandbox.js';
 
 const FIXTURES = path.join(ROOT, 'test/fixtures/archives');

@@ -21,11 +21,11 @@ import {
   type Manifest,
   type Trailer,
   type ReadOptions,
-} from '../../src/lib/archive.js';
-import { RECORD_FORMAT, type BackupRecord } from '../../src/lib/record.js';
-import { backupName, isValidContainerName, isValidVolumeName } from '../../src/lib/layout.js';
-import { openArchiveStream } from '../../src/lib/chain.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+} from '../../src/formats/archive/archive.js';
+import { RECORD_FORMAT, type BackupRecord } from '../../src/formats/record.js';
+import { backupName, isValidContainerName, isValidVolumeName } from '../../src/core/layout.js';
+import { openArchiveStream } from '../../src/formats/archive/open.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 const HANG_MS = 5000;
 const BK = '/var/snap/subutai/common/lxc/backups';

@@ -1,14 +1,15 @@
-// Property-based fuzzing of the restore planner's pure entry points (src/lib/chain.ts: planRestore,
+// Property-based fuzzing of the restore planner's pure entry points (src/stages/plan/chain.ts: planRestore,
 // chainTo, listRows, linkProblem, parseAtTime) on random stores: parents named right and wrong,
 // UUIDs that match or not, loops, gaps, unreadable, foreign and legacy archives, huge times.
 // Whatever the store, planning gives a chain that really links (a Full first, each archive sent
 // against the one before it) or a one-line SbkError; listing never fails. Fixed seeds.
 import fc from 'fast-check';
 import { describe, it, expect } from 'vitest';
-import { planRestore, chainTo, listRows, linkProblem, parseAtTime, type ArchiveFile } from '../../src/lib/chain.js';
-import type { Manifest } from '../../src/lib/archive.js';
-import { backupName } from '../../src/lib/layout.js';
-import { SbkError, ExitCode, type ExitCodeValue } from '../../src/lib/errors.js';
+import { planRestore, chainTo, listRows, parseAtTime, type ArchiveFile } from '../../src/stages/plan/chain.js';
+import { linkProblem } from '../../src/formats/archive/links.js';
+import type { Manifest } from '../../src/formats/archive/archive.js';
+import { backupName } from '../../src/core/layout.js';
+import { SbkError, ExitCode, type ExitCodeValue } from '../../src/core/errors.js';
 
 const DIR = '/backups';
 const CONTAINERS = ['c1', 'c1_2', 'web'];

@@ -13,8 +13,8 @@ import {
   rewriteConfigForRestore,
   vethPairName,
   type ConfigVolumes,
-} from '../../src/lib/lxc.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+} from '../../src/formats/lxc-config.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 describe('fuzz: parseLxcConfig / serializeLxcConfig', () => {
   it('any text round-trips byte for byte; keyed lines split at the first =, trimmed', () => {

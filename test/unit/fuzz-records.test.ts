@@ -6,9 +6,9 @@
 import { Readable } from 'node:stream';
 import fc from 'fast-check';
 import { describe, it, expect } from 'vitest';
-import { readRecords, formatRecord, checkRecord, RECORD_FORMAT, type BackupRecord } from '../../src/lib/record.js';
-import { isValidContainerName, isValidVolumeName } from '../../src/lib/layout.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+import { readRecords, formatRecord, checkRecord, RECORD_FORMAT, type BackupRecord } from '../../src/formats/record.js';
+import { isValidContainerName, isValidVolumeName } from '../../src/core/layout.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 const HANG_MS = 5000;
 

@@ -23,10 +23,10 @@ import {
   SEND_STREAM_MAGIC,
   type SendCommand,
   type SendStreamSummary,
-} from '../../src/lib/sendstream.js';
+} from '../../src/formats/sendstream/reader.js';
 import { streamHeader as header, command, tlv } from '../helpers/sendstream-builder.js';
-import { modelFromStream, changesFromModel, formatChangelog, parseChangelogLine, toLines } from '../../src/lib/changelog.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+import { modelFromStream, changesFromModel, formatChangelog, parseChangelogLine, toLines } from '../../src/stages/changelog/changelog.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 const FIX = new URL('../fixtures/sendstream/', import.meta.url);
 const STREAMS = ['v1-full', 'v1-full-nodata', 'v1-incr', 'v1-incr-nodata', 'v2-full', 'v2-full-compressed', 'v2-incr-nodata'];

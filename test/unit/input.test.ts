@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { describe, it, expect } from 'vitest';
-import { sniff, describeKind, peekStream, type InputKind } from '../../src/lib/input.js';
+import { sniff, describeKind, peekStream, type InputKind } from '../../src/formats/input.js';
 
 async function tarBytes(entries: { name: string; body: string }[]): Promise<Buffer> {
   const pack = tar.pack();

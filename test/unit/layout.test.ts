@@ -15,8 +15,8 @@ import {
   parseSetDirName,
   partialSetDirName,
   formatTime,
-} from '../../src/lib/layout.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+} from '../../src/core/layout.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 /** Runs fn and returns the SbkError it throws (fails the test when it throws something else). */
 function sbkErrorOf(fn: () => unknown): SbkError {

@@ -6,8 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { acquireLock, type Lock } from '../../src/lib/lock.js';
-import { ExitCode, SbkError } from '../../src/lib/errors.js';
+import { acquireLock, type Lock } from '../../src/system/lock.js';
+import { ExitCode, SbkError } from '../../src/core/errors.js';
 
 /** The pid of a process that has exited. */
 async function deadPid(): Promise<number> {

@@ -12,8 +12,8 @@ import {
   configVolumes,
   readContainerConfig,
   type ConfigVolumes,
-} from '../../src/lib/lxc.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+} from '../../src/formats/lxc-config.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 import { sampleConfig } from '../helpers/sandbox.js';
 
 const LXC = '/var/snap/subutai/common/lxc';

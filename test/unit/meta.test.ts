@@ -1,7 +1,7 @@
-// The meta rule (src/lib/meta.ts): which files beside the volumes the config names as logs, and
+// The meta rule (src/formats/archive/meta.ts): which files beside the volumes the config names as logs, and
 // what a reader refuses, the same limits sbk-send keeps to.
 import { describe, it, expect } from 'vitest';
-import { configLogFiles, metaEntryRefusal, metaEntryCost, META_FILE_MAX, META_TOTAL_MAX, LEGACY_META_FILE_MAX } from '../../src/lib/meta.js';
+import { configLogFiles, metaEntryRefusal, metaEntryCost, META_FILE_MAX, META_TOTAL_MAX, LEGACY_META_FILE_MAX } from '../../src/formats/archive/meta.js';
 
 describe('configLogFiles', () => {
   it('takes the LXC 2 and LXC 3+ log keys, inside the container directory only', () => {

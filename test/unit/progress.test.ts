@@ -12,8 +12,8 @@ import {
   summaryText,
   Meter,
   type ProgressMode,
-} from '../../src/lib/progress.js';
-import { SendSizeEstimator } from '../../src/lib/send.js';
+} from '../../src/core/progress.js';
+import { SendSizeEstimator } from '../../src/stages/send/send.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -11,10 +11,10 @@ import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import { execa } from 'execa';
 import tar from 'tar-stream';
-import { checkReceipt, readReceipts, formatReceipt, type Receipt } from '../../src/lib/receipts.js';
-import { ArchiveWriter, type Manifest } from '../../src/lib/archive.js';
-import { createGzipCompressor } from '../../src/lib/compression.js';
-import { SbkError } from '../../src/lib/errors.js';
+import { checkReceipt, readReceipts, formatReceipt, type Receipt } from '../../src/formats/receipt.js';
+import { ArchiveWriter, type Manifest } from '../../src/formats/archive/archive.js';
+import { createGzipCompressor } from '../../src/formats/codecs/gzip.js';
+import { SbkError } from '../../src/core/errors.js';
 import { synthManifest, synthTar } from '../fixtures/archives/synthetic.js';
 import { BIN } from '../helpers/sandbox.js';
 

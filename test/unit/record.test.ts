@@ -2,8 +2,8 @@ import { Readable, PassThrough } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { describe, it, expect } from 'vitest';
-import { readRecords, formatRecord, checkRecord, RECORD_FORMAT, type BackupRecord } from '../../src/lib/record.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+import { readRecords, formatRecord, checkRecord, RECORD_FORMAT, type BackupRecord } from '../../src/formats/record.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 const BK = '/var/snap/subutai/common/lxc/backups';
 const CD = '/var/snap/subutai/common/lxc/c1';

@@ -9,7 +9,7 @@ import zlib from 'node:zlib';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { execa } from 'execa';
-import { parseLxcConfig, serializeLxcConfig, rewriteConfigForRestore, randomLocalMac, vethPairName } from '../../src/lib/lxc.js';
+import { parseLxcConfig, serializeLxcConfig, rewriteConfigForRestore, randomLocalMac, vethPairName } from '../../src/formats/lxc-config.js';
 import { BIN, ROOT } from '../helpers/sandbox.js';
 import { synthManifest, synthArchive } from '../fixtures/archives/synthetic.js';
 

@@ -7,9 +7,9 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
-import { applyPolicy, filesOf, isoWeek, planPrune, policyIsEmpty, type KeepPolicy } from '../../src/lib/retention.js';
-import { chainTo, type ArchiveFile } from '../../src/lib/chain.js';
-import type { Manifest } from '../../src/lib/archive.js';
+import { applyPolicy, filesOf, isoWeek, planPrune, policyIsEmpty, type KeepPolicy } from '../../src/stages/plan/prune.js';
+import { chainTo, type ArchiveFile } from '../../src/stages/plan/chain.js';
+import type { Manifest } from '../../src/formats/archive/archive.js';
 import { synthManifest, synthArchive } from '../fixtures/archives/synthetic.js';
 import { BIN } from '../helpers/sandbox.js';
 

@@ -15,9 +15,9 @@ import {
   Cmd,
   type SendCommand,
   type Timespec,
-} from '../../src/lib/sendstream.js';
-import { crc32c, crc32cUpdate } from '../../src/lib/crc32c.js';
-import { SbkError, ExitCode } from '../../src/lib/errors.js';
+} from '../../src/formats/sendstream/reader.js';
+import { crc32c, crc32cUpdate } from '../../src/formats/sendstream/crc32c.js';
+import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 const FIX = new URL('../fixtures/sendstream/', import.meta.url);
 const fixture = (name: string) => readFileSync(new URL(name, FIX));

@@ -3,85 +3,13 @@
 // volume's parent snapshot), never by file-name substrings, so another container's archives
 // (`web` vs `web_2`), an unrelated Full or a missing link are never mixed into a chain.
 // Archives of the original Subutai tool have no manifest: they are chained by name order.
-import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { pipeline, type Readable } from 'node:stream';
-import zlib from 'node:zlib';
-import { readArchives, type Manifest } from './archive.js';
-import { SbkError, ExitCode, type ExitCodeValue } from './errors.js';
-import { peekStream, sniff, describeKind } from './input.js';
-import { backupName, formatTime, parseArchiveName } from './layout.js';
-
-// ---------------------------------------------------------------------------------------------
-// Opening archive files
-
-/**
- * Opens an archive file as an uncompressed tar stream: gzip (what sbk-pack stores) is
- * decompressed, a plain tar is passed through, anything else is refused by its first bytes.
- * Destroying the returned stream closes the file.
- */
-export async function openArchiveFile(file: string): Promise<Readable> {
-  const input = createReadStream(file, { highWaterMark: 1024 * 1024 });
-  try {
-    await new Promise<void>((resolve, reject) => {
-      input.once('open', () => resolve());
-      input.once('error', reject);
-    });
-  } catch (err) {
-    input.destroy();
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new SbkError(`${file}: no such archive`, ExitCode.notFound);
-    if (code === 'EISDIR') throw new SbkError(`${file} is a directory, not an archive`, ExitCode.badInput);
-    throw new SbkError(`${file}: cannot open (${(err as Error).message})`, ExitCode.failure, { cause: err });
-  }
-  return openArchiveStream(input, file);
-}
-
-/** The same for a stream (stdin): gzip or plain tar, told apart by the first bytes. */
-export async function openArchiveStream(input: Readable, source: string): Promise<Readable> {
-  let head: Buffer;
-  let stream: Readable;
-  try {
-    ({ head, stream } = await peekStream(input, 512));
-  } catch (err) {
-    input.destroy();
-    throw new SbkError(`${source}: cannot read (${(err as Error).message})`, ExitCode.failure, { cause: err });
-  }
-  const kind = sniff(head);
-  if (kind === 'tar') return stream;
-  if (kind !== 'gzip') {
-    stream.destroy();
-    throw new SbkError(
-      kind === 'empty' ? `${source} is empty` : `${source} is not an sbk archive (it holds ${describeKind[kind]})`,
-      ExitCode.badInput,
-    );
-  }
-  // Node's gunzip reads concatenated gzip members (`cat a.tar.gz b.tar.gz`) as one stream.
-  const gunzip = zlib.createGunzip({ chunkSize: 256 * 1024 });
-  // Errors of either end reach the gunzip stream, which readArchives listens to; destroying
-  // the gunzip stream closes the input.
-  pipeline(stream, gunzip, () => {});
-  return gunzip;
-}
-
-/**
- * A read error as a one-line user error. Errors met while an entry's body is consumed do not
- * pass through readArchives' own mapping, so gzip and tar faults are named here too.
- */
-export function readError(err: unknown, source: string): unknown {
-  if (err instanceof SbkError || !(err instanceof Error)) return err;
-  const code = (err as NodeJS.ErrnoException).code ?? '';
-  const msg = err.message;
-  if (code.startsWith('Z_') || /incorrect header check|invalid (block type|stored block|distance|code)|unexpected end of file/i.test(msg))
-    return new SbkError(`${source}: the gzip data is corrupt or cut short (${msg})`, ExitCode.corrupt, { cause: err });
-  if (/unexpected end|premature close|invalid tar header|checksum/i.test(msg))
-    return new SbkError(`${source}: the tar stream is corrupt or cut short (${msg})`, ExitCode.corrupt, { cause: err });
-  return err;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The store
+import { type Manifest } from '../../formats/archive/archive.js';
+import { SbkError, ExitCode, type ExitCodeValue } from '../../core/errors.js';
+import { backupName, formatTime, parseArchiveName } from '../../core/layout.js';
+import { readArchiveHead } from '../../formats/archive/open.js';
+import { linkProblem } from '../../formats/archive/links.js';
 
 export interface ArchiveFile {
   path: string;
@@ -100,25 +28,6 @@ export interface ArchiveFile {
   /** Why the archive cannot be used (unreadable, another container's): excluded from chains. */
   problem?: string;
   problemCode?: ExitCodeValue;
-}
-
-/**
- * Reads an archive's first tar entry only: the manifest of an sbk archive, or the first file
- * of an original Subutai archive. Decompresses a few KiB, never the deltas.
- */
-export async function readArchiveHead(file: string): Promise<{ manifest?: Manifest; legacy: boolean }> {
-  const tarStream = await openArchiveFile(file);
-  try {
-    for await (const entry of readArchives(tarStream, { legacy: true, source: file })) {
-      if (entry.role === 'manifest') return { manifest: entry.manifest, legacy: false };
-      return { legacy: true };
-    }
-    throw new SbkError(`${file}: empty archive`, ExitCode.corrupt);
-  } catch (err) {
-    throw readError(err, file);
-  } finally {
-    tarStream.destroy();
-  }
 }
 
 async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
@@ -212,29 +121,6 @@ export async function scanStore(
 
 // ---------------------------------------------------------------------------------------------
 // Links
-
-/**
- * Why `child` cannot be restored on top of `parent`, or undefined when it can: the parent's
- * name must be the one the child records, and every volume sent incrementally must have been
- * sent against the parent's snapshot of that volume (same UUID). A volume with no parent UUID
- * was sent whole and needs nothing.
- */
-export function linkProblem(child: Manifest, parent: Manifest): string | undefined {
-  if (child.full) return `${child.name} is a Full backup, not an incremental`;
-  if (child.container !== parent.container)
-    return `${child.name} is a backup of ${child.container}, ${parent.name} of ${parent.container}`;
-  if (!child.parent || child.parent.name !== parent.name)
-    return `the parent of ${child.name} is ${child.parent?.name ?? 'none'}, not ${parent.name}`;
-  if (parent.time >= child.time) return `${parent.name} is not older than ${child.name}`;
-  for (const v of child.volumes) {
-    if (v.parentUuid === null) continue;
-    const pv = parent.volumes.find((x) => x.name === v.name);
-    if (!pv) return `volume ${v.name} of ${child.name} was sent against a parent, but ${parent.name} has no volume ${v.name}`;
-    if (pv.uuid !== v.parentUuid)
-      return `volume ${v.name} of ${child.name} was sent against snapshot ${v.parentUuid}, but the ${v.name} of ${parent.name} is ${pv.uuid} (another backup with the same name?)`;
-  }
-  return undefined;
-}
 
 export interface Chain {
   /** The archives to restore, the Full first, the target last. */

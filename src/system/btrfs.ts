@@ -4,7 +4,7 @@ import { statfs, stat, lstat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
-import { SbkError, ExitCode } from './errors.js';
+import { SbkError, ExitCode } from '../core/errors.js';
 
 export const BTRFS_SUPER_MAGIC = 0x9123683e;
 /** Inode number of every subvolume's root directory on BTRFS. */

@@ -13,16 +13,16 @@ import { Transform, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
-import { readArchives, type Manifest } from './archive.js';
-import { createAtomicFile, fsyncDir, removeStaleTemps, tempNameFor, writeChunk, WriteBehind, WRITE_BEHIND_BYTES, type AtomicFile } from './atomic.js';
-import { crc32 } from './compression.js';
-import { SbkError, ExitCode } from './errors.js';
-import { peekStream, sniff, describeKind } from './input.js';
-import { archiveFileName, changelogFileName, setDirName, type Dirs } from './layout.js';
-import { confirmBackupSet, discardFailedSet } from './snapshots.js';
-import { backupLockFile, withLock } from './lock.js';
-import type { Log } from './log.js';
-import { RECEIPT_FORMAT, type Receipt } from './receipts.js';
+import { readArchives, type Manifest } from '../../formats/archive/archive.js';
+import { createAtomicFile, fsyncDir, removeStaleTemps, tempNameFor, writeChunk, WriteBehind, WRITE_BEHIND_BYTES, type AtomicFile } from '../../system/atomic.js';
+import { crc32 } from '../../formats/codecs/gzip.js';
+import { SbkError, ExitCode } from '../../core/errors.js';
+import { peekStream, sniff, describeKind } from '../../formats/input.js';
+import { archiveFileName, changelogFileName, setDirName, type Dirs } from '../../core/layout.js';
+import { confirmBackupSet, discardFailedSet } from '../../system/sets.js';
+import { backupLockFile, withLock } from '../../system/lock.js';
+import type { Log } from '../../core/log.js';
+import { RECEIPT_FORMAT, type Receipt } from '../../formats/receipt.js';
 
 export type PackTarget =
   | { kind: 'store'; dirs: Dirs } // <backup-dir>/<name>.tar.gz + sidecar + confirmation

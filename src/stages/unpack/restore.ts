@@ -14,24 +14,25 @@
 // false` breaks later incrementals). Any failure or signal deletes the temporary directory and
 // every subvolume in it; nothing appears at the target unless the whole chain was received and
 // verified.
-import { acquireLock, chainLockFile, restoreLockFile, type Lock } from './lock.js';
+import { acquireLock, chainLockFile, restoreLockFile, type Lock } from '../../system/lock.js';
 import { lstat, mkdir, readdir, rename, rm, rmdir, chmod, chown, stat, utimes, writeFile, readFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
-import { readArchives, type ArchiveEntry, type Manifest, type VolumeRoot } from './archive.js';
-import { deleteSubvolume, isOnBtrfs, isSubvolume, receive, snapshot } from './btrfs.js';
-import { linkProblem, readArchiveHead, readError } from './chain.js';
-import { SbkError, ExitCode, describeSystemError } from './errors.js';
-import { checkContainerName, formatTime, type ParsedArchiveName } from './layout.js';
-import { parseLxcConfig, rewriteConfigForRestore, rootfsPath, configValue, serializeLxcConfig } from './lxc.js';
-import { exists, fsyncDir } from './atomic.js';
-import { refuseIfActive } from './lxc-state.js';
-import { ReceiveGuard, SendStreamReader } from './sendstream.js';
-import type { Log } from './log.js';
-import { isProcessAlive } from './proc.js';
+import { readArchives, type ArchiveEntry, type Manifest, type VolumeRoot } from '../../formats/archive/archive.js';
+import { deleteSubvolume, isOnBtrfs, isSubvolume, receive, snapshot } from '../../system/btrfs.js';
+import { readArchiveHead, readError } from '../../formats/archive/open.js';
+import { linkProblem } from '../../formats/archive/links.js';
+import { SbkError, ExitCode, describeSystemError } from '../../core/errors.js';
+import { checkContainerName, formatTime, type ParsedArchiveName } from '../../core/layout.js';
+import { parseLxcConfig, rewriteConfigForRestore, rootfsPath, configValue, serializeLxcConfig } from '../../formats/lxc-config.js';
+import { exists, fsyncDir } from '../../system/atomic.js';
+import { refuseIfActive } from '../../system/lxc.js';
+import { ReceiveGuard, SendStreamReader } from '../../formats/sendstream/reader.js';
+import type { Log } from '../../core/log.js';
+import { isProcessAlive } from '../../system/proc.js';
 
 export interface RestoreInput {
   /** A path, or 'stdin': for messages. */
@@ -85,7 +86,7 @@ export interface StreamCheck {
 }
 
 /**
- * A StreamCheck on src/lib/sendstream.ts's parser. Its errors start with `what()` (the archive
+ * A StreamCheck on src/formats/sendstream/reader.ts's parser. Its errors start with `what()` (the archive
  * and the entry being read: a stream spans parts) and give the byte offset in the whole stream.
  */
 export function sendStreamCheck(what: () => string, guard: ReceiveGuard = new ReceiveGuard()): StreamCheck {
@@ -381,7 +382,7 @@ export class Restore {
 
   /** Checks the target and the LXC dir, and makes the temporary directory. */
   private async prepare(first: ArchiveId): Promise<void> {
-    const { lxcDir, log } = this.opts;
+    const { lxcDir } = this.opts;
     const name = checkContainerName(this.opts.as ?? first.container, this.opts.as ? '--as name' : 'container name');
     if (process.getuid?.() !== 0)
       throw new SbkError('restoring needs root (btrfs receive); sbk-unpack --verify checks archives without it', ExitCode.failure);

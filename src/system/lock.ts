@@ -8,7 +8,7 @@
 import { mkdir, readFile, readdir, readlink, realpath, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { SbkError, ExitCode } from './errors.js';
+import { SbkError, ExitCode } from '../core/errors.js';
 import { isProcessAlive } from './proc.js';
 
 const CONFLICT = 75;

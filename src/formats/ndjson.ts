@@ -2,7 +2,7 @@
 // and names the line of anything malformed. Blank lines are ignored.
 import type { Readable } from 'node:stream';
 import split2 from 'split2';
-import { SbkError, ExitCode } from './errors.js';
+import { SbkError, ExitCode } from '../core/errors.js';
 import { peekStream, sniff, describeKind } from './input.js';
 
 export interface NdjsonOptions {

@@ -6,7 +6,7 @@ import { constants } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import type { FileHandle } from 'node:fs/promises';
-import { SbkError, ExitCode } from './errors.js';
+import { SbkError, ExitCode } from '../core/errors.js';
 import { isProcessAlive } from './proc.js';
 
 let counter = 0;

@@ -4,7 +4,7 @@
 // under a new name) changes only what it must.
 import path from 'node:path';
 import { readFile } from 'node:fs/promises';
-import { SbkError, ExitCode } from './errors.js';
+import { SbkError, ExitCode } from '../core/errors.js';
 
 export interface ConfigLine {
   raw: string;

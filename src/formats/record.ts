@@ -2,7 +2,7 @@
 // by sbk-changelog, read by sbk-send. Documented in man/sbk.7, RECORDS.
 import type { Readable } from 'node:stream';
 import { lineError, readJsonLines } from './ndjson.js';
-import { isValidContainerName, isValidVolumeName } from './layout.js';
+import { isValidContainerName, isValidVolumeName } from '../core/layout.js';
 
 export const RECORD_FORMAT = 1;
 

@@ -4,13 +4,13 @@ import { readdir, lstat, open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import tar from 'tar-stream';
-import { ArchiveWriter, DEFAULT_PART_SIZE, formatRootTime, manifestFromRecord, type VolumeRoot } from './archive.js';
-import { isSubvolume, nestedSubvolumes, requireSubvolume, send } from './btrfs.js';
-import type { ManifestNested } from './archive.js';
-import { META_FILE_MAX, META_TOTAL_MAX, configLogFiles, isSafeMetaPath, metaEntryCost } from './meta.js';
-import { SbkError, ExitCode } from './errors.js';
-import type { BackupRecord } from './record.js';
-import type { Log } from './log.js';
+import { ArchiveWriter, DEFAULT_PART_SIZE, formatRootTime, manifestFromRecord, type VolumeRoot } from '../../formats/archive/archive.js';
+import { isSubvolume, nestedSubvolumes, requireSubvolume, send } from '../../system/btrfs.js';
+import type { ManifestNested } from '../../formats/archive/archive.js';
+import { META_FILE_MAX, META_TOTAL_MAX, configLogFiles, isSafeMetaPath, metaEntryCost } from '../../formats/archive/meta.js';
+import { SbkError, ExitCode } from '../../core/errors.js';
+import type { BackupRecord } from '../../formats/record.js';
+import type { Log } from '../../core/log.js';
 
 export interface MetaFile {
   rel: string;

@@ -6,7 +6,7 @@
 // and whatever would take the meta past META_TOTAL_MAX. The meta never fails or bloats a backup.
 // sbk-send's side is collectMeta (send.ts); the readers' side is metaEntryRefusal (archive.ts).
 import path from 'node:path';
-import { configValues, parseLxcConfig } from './lxc.js';
+import { configValues, parseLxcConfig } from '../lxc-config.js';
 
 /** The largest meta file sbk-send archives and a reader of an sbk archive accepts. */
 export const META_FILE_MAX = 1024 * 1024;

@@ -10,9 +10,9 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import tar from 'tar-stream';
-import { SbkError, ExitCode } from './errors.js';
-import { backupName, isValidContainerName, isValidVolumeName } from './layout.js';
-import type { BackupRecord, SetRef } from './record.js';
+import { SbkError, ExitCode } from '../../core/errors.js';
+import { backupName, isValidContainerName, isValidVolumeName } from '../../core/layout.js';
+import type { BackupRecord, SetRef } from '../record.js';
 import { isSafeMetaPath, metaEntryCost, metaEntryRefusal } from './meta.js';
 
 export const ARCHIVE_FORMAT = 1;

@@ -16,9 +16,9 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import split2 from 'split2';
-import { SbkError, ExitCode } from './errors.js';
-import { Cmd, readSendStream, timespecNs, type SendCommand, type Timespec } from './sendstream.js';
-import { send } from './btrfs.js';
+import { SbkError, ExitCode } from '../../core/errors.js';
+import { Cmd, readSendStream, timespecNs, type SendCommand, type Timespec } from '../../formats/sendstream/reader.js';
+import { send } from '../../system/btrfs.js';
 
 export type Action = 'added' | 'modified' | 'deleted';
 

@@ -4,7 +4,7 @@
 // once its archive is safe where it is kept. Documented in man/sbk.7, RECEIPTS.
 import type { Readable } from 'node:stream';
 import { lineError, readJsonLines } from './ndjson.js';
-import { backupName, isValidContainerName, isValidVolumeName } from './layout.js';
+import { backupName, isValidContainerName, isValidVolumeName } from '../core/layout.js';
 
 export const RECEIPT_FORMAT = 1;
 

@@ -11,8 +11,8 @@
 // data (WRITE) is skipped unless the caller asks for it.
 import { Transform, Writable } from 'node:stream';
 import { crc32cUpdate } from './crc32c.js';
-import { SbkError, ExitCode } from './errors.js';
-import { sniff, describeKind } from './input.js';
+import { SbkError, ExitCode } from '../../core/errors.js';
+import { sniff, describeKind } from '../input.js';
 
 export const SEND_STREAM_MAGIC = 'btrfs-stream\0';
 const MAGIC = Buffer.from(SEND_STREAM_MAGIC, 'latin1');

@@ -6,7 +6,7 @@
 import { access } from 'node:fs/promises';
 import path from 'node:path';
 import { chainTo, type ArchiveFile } from './chain.js';
-import { archiveFileName, changelogFileName, legacyChangelogFileName, parseArchiveName } from './layout.js';
+import { archiveFileName, changelogFileName, legacyChangelogFileName, parseArchiveName } from '../../core/layout.js';
 
 export interface KeepPolicy {
   last?: number;
