@@ -1,6 +1,6 @@
 // The btrfs commands sbk runs, through execa. Big outputs (send streams) are never buffered:
 // stdout is a stream (`buffer: {stdout: false}`); stderr is kept so errors can quote it.
-import { statfs, stat, lstat } from 'node:fs/promises';
+import { statfs, stat, lstat, readdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
@@ -102,6 +102,58 @@ export async function deleteSubvolumes(paths: string[]): Promise<void> {
   await btrfs(['subvolume', 'delete', ...paths]);
 }
 
+/** Deletes a subvolume; one holding nested subvolumes (docker in a container …) is emptied of them first. */
+async function deleteSubvolumeDeep(p: string): Promise<void> {
+  try {
+    await deleteSubvolume(p);
+  } catch (err) {
+    // Rare (only a live container's volume can hold nested subvolumes): look only then.
+    const nested = await childSubvolumes(p).catch(() => []);
+    if (nested.length === 0) throw err;
+    for (const n of nested) await deleteSubvolumeDeep(path.join(p, n));
+    await deleteSubvolume(p);
+  }
+}
+
+/**
+ * Removes a file or a directory tree that may hold subvolumes (rm cannot delete those): a
+ * snapshot set, a restore's temporary directory. The subvolumes side by side in a directory go
+ * in one `btrfs subvolume delete`; only when that fails is each deleted on its own, emptied of
+ * nested subvolumes first. Symlinks are removed, never followed. A missing `p` is no error.
+ */
+export async function removeTree(p: string): Promise<void> {
+  let st;
+  try {
+    st = await lstat(p);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!st.isDirectory()) {
+    await rm(p, { force: true });
+    return;
+  }
+  if (await isSubvolume(p).catch(() => false)) {
+    await deleteSubvolumeDeep(p);
+    return;
+  }
+  const subvolumes: string[] = [];
+  const others: string[] = [];
+  for (const e of await readdir(p, { withFileTypes: true })) {
+    const c = path.join(p, e.name);
+    if (e.isDirectory() && (await isSubvolume(c).catch(() => false))) subvolumes.push(c);
+    else others.push(c);
+  }
+  try {
+    await deleteSubvolumes(subvolumes);
+  } catch {
+    // One of them holds nested subvolumes (or went meanwhile): each on its own, deep.
+    for (const s of subvolumes) if (await isSubvolume(s).catch(() => false)) await deleteSubvolumeDeep(s);
+  }
+  for (const c of others) await removeTree(c);
+  await rmdir(p);
+}
+
 /**
  * Starts `btrfs send [-p parent] snap`; the caller reads `.stdout` and awaits the process
  * (which rejects with the btrfs message if send fails).
@@ -154,6 +206,25 @@ export function receive(dir: string, signal?: AbortSignal): { stdin: Writable; d
   return { stdin: child.stdin as Writable, done };
 }
 
+/**
+ * The subvolumes directly inside subvolume `p` (their paths relative to it), from one `btrfs
+ * subvolume list -o` (paths from the filesystem's top level) and its own path from `show`.
+ */
+async function childSubvolumes(p: string, signal?: AbortSignal): Promise<string[]> {
+  const strip = (s: string) => s.replace(/^<FS_TREE>\/?/, '').replace(/^\/+/, '');
+  const top = strip((await btrfs(['subvolume', 'show', p], signal)).split('\n')[0]!.trim());
+  const list = await btrfs(['subvolume', 'list', '-o', p], signal);
+  const out: string[] = [];
+  for (const line of list.split('\n')) {
+    const m = /^ID \d+ gen \d+ top level \d+ path (.*)$/.exec(line);
+    if (!m) continue;
+    const full = strip(m[1]!);
+    const rel = top === '' ? full : full.startsWith(top + '/') ? full.slice(top.length + 1) : undefined;
+    if (rel) out.push(rel);
+  }
+  return out;
+}
+
 export interface NestedSubvolume {
   /** Path relative to the volume's root. */
   path: string;
@@ -170,16 +241,8 @@ export interface NestedSubvolume {
  * created after the snapshot (no placeholder in it) is not counted.
  */
 export async function nestedSubvolumes(live: string, snap: string, signal?: AbortSignal): Promise<NestedSubvolume[]> {
-  const strip = (p: string) => p.replace(/^<FS_TREE>\/?/, '').replace(/^\/+/, '');
-  const top = strip((await btrfs(['subvolume', 'show', live], signal)).split('\n')[0]!.trim());
-  const list = await btrfs(['subvolume', 'list', '-o', live], signal);
   const out: NestedSubvolume[] = [];
-  for (const line of list.split('\n')) {
-    const m = /^ID \d+ gen \d+ top level \d+ path (.*)$/.exec(line);
-    if (!m) continue;
-    const full = strip(m[1]!);
-    const rel = top === '' ? full : full.startsWith(top + '/') ? full.slice(top.length + 1) : undefined;
-    if (!rel) continue;
+  for (const rel of await childSubvolumes(live, signal)) {
     const [inSnap, inLive] = await Promise.all([lstat(path.join(snap, rel)).catch(() => undefined), lstat(path.join(live, rel)).catch(() => undefined)]);
     if (!inSnap?.isDirectory() || inSnap.ino !== EMPTY_SUBVOL_DIR_INO) continue;
     out.push({
