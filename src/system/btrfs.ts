@@ -1,12 +1,13 @@
-// The btrfs commands sbk runs, through execa. Big outputs (send streams) are never buffered:
-// stdout is a stream (`buffer: {stdout: false}`); stderr is kept so errors can quote it.
+// The btrfs commands sbk runs, through execa, and the one removal of directory trees that hold
+// subvolumes (removeTree). Big outputs (send streams) are never buffered: stdout is a stream
+// (`buffer: {stdout: false}`); stderr is kept so errors can quote it.
 import { statfs, stat, lstat, readdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
 import { SbkError, ExitCode } from '../core/errors.js';
 
-export const BTRFS_SUPER_MAGIC = 0x9123683e;
+const BTRFS_SUPER_MAGIC = 0x9123683e;
 /** Inode number of every subvolume's root directory on BTRFS. */
 const SUBVOLUME_ROOT_INO = 256;
 /** Inode number of the empty directory a snapshot shows where the source had a nested subvolume. */
@@ -66,7 +67,7 @@ export interface SubvolumeInfo {
   generation: number;
 }
 
-export function parseSubvolumeShow(out: string): SubvolumeInfo {
+function parseSubvolumeShow(out: string): SubvolumeInfo {
   const field = (name: string): string | null => {
     const m = new RegExp(`^\\s*${name}:\\s*(.*)$`, 'm').exec(out);
     const v = m?.[1]?.trim();
@@ -91,12 +92,12 @@ export async function snapshot(src: string, dst: string, opts: { readonly: boole
   await btrfs(['subvolume', 'snapshot', ...(opts.readonly ? ['-r'] : []), src, dst], signal);
 }
 
-export async function deleteSubvolume(p: string): Promise<void> {
+async function deleteSubvolume(p: string): Promise<void> {
   await deleteSubvolumes([p]);
 }
 
 /** One `btrfs subvolume delete` for several subvolumes (a set's volumes): one process, not four. */
-export async function deleteSubvolumes(paths: string[]): Promise<void> {
+async function deleteSubvolumes(paths: string[]): Promise<void> {
   if (paths.length === 0) return;
   // Never cancelled: clean-up must finish even while the run is being aborted.
   await btrfs(['subvolume', 'delete', ...paths]);
@@ -225,7 +226,7 @@ async function childSubvolumes(p: string, signal?: AbortSignal): Promise<string[
   return out;
 }
 
-export interface NestedSubvolume {
+interface NestedSubvolume {
   /** Path relative to the volume's root. */
   path: string;
   /** The nested subvolume's root directory, as it is in the live volume. */

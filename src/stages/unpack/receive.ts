@@ -93,7 +93,7 @@ interface Receiving {
   check: StreamCheck;
 }
 
-export interface ReceiverOptions {
+interface ReceiverOptions {
   log: Log;
   signal: AbortSignal;
   progress?: RestoreProgress;

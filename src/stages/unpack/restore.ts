@@ -35,20 +35,12 @@ export interface RestoreOptions {
   progress?: RestoreProgress;
 }
 
-export interface RestoreResult {
-  name: string;
-  dir: string;
-  /** The backup restored (the last archive's name). */
-  backup: string;
-  archives: number;
-}
-
 interface ArchiveState extends ReceivingArchive {
   id: ChainId;
 }
 
 /** Restores the chain the inputs hold, in order. On failure removes everything it made. */
-export function restoreChain(inputs: RestoreInput[], opts: RestoreOptions): Promise<RestoreResult> {
+export function restoreChain(inputs: RestoreInput[], opts: RestoreOptions): Promise<void> {
   return new Restore(opts).run(inputs);
 }
 
@@ -59,6 +51,7 @@ class Restore {
   private first?: ChainId;
   private current?: ArchiveState;
   private previous?: ArchiveState;
+  /** Archives begun: the next one is received into r<count>/. */
   private count = 0;
   /** The input being read and its tar stream (for progress). */
   private from?: DeltaSource;
@@ -71,11 +64,11 @@ class Restore {
     this.receiver = new Receiver({ log: opts.log, signal: this.signal, progress: opts.progress, onFailure: (err) => this.internal.abort(err) });
   }
 
-  async run(inputs: RestoreInput[]): Promise<RestoreResult> {
+  async run(inputs: RestoreInput[]): Promise<void> {
     try {
       for (const input of inputs) await this.read(input);
       if (!this.previous) throw new SbkError('no archive in the input', ExitCode.badInput);
-      return await this.finish();
+      await this.finish();
     } catch (err) {
       const reason = this.opts.signal.aborted ? this.opts.signal.reason : err;
       await this.cleanup();
@@ -167,7 +160,7 @@ class Restore {
     this.current = undefined;
   }
 
-  private async finish(): Promise<RestoreResult> {
+  private async finish(): Promise<void> {
     const last = this.previous!;
     const ws = this.ws!;
     const container = this.container!;
@@ -177,7 +170,6 @@ class Restore {
     await container.seal(last.id);
     this.signal.throwIfAborted();
     await ws.commit(last.id.name);
-    return { name: ws.name, dir: ws.target, backup: last.id.name, archives: this.count };
   }
 
   /** Kills a running receive and removes the temporary directory with every subvolume in it. */

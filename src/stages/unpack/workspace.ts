@@ -23,7 +23,7 @@ import type { Log } from '../../core/log.js';
 const TEMP_PREFIX = '.sbk-restore-';
 const TEMP_RE = /^\.sbk-restore-(.+)-(\d+)$/;
 
-export interface WorkspaceOptions {
+interface WorkspaceOptions {
   lxcDir: string;
   /** Replace an existing container, once the new one is complete. */
   force?: boolean;
