@@ -5,7 +5,7 @@ import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { runCli, WAIT_OPTION, parseWait, makeProgress, PROGRESS_OPTION } from './common.js';
 import { SbkError, ExitCode, describeSystemError } from '../core/errors.js';
-import type { RestoreInput, RestoreProgress } from '../stages/unpack/restore.js';
+import type { RestoreInput, RestoreProgress } from '../stages/unpack/input.js';
 import type { Meter, Progress } from '../core/progress.js';
 
 interface UnpackArgs {
@@ -110,7 +110,9 @@ export function main(argv: string[]): Promise<void> {
           .option('progress', PROGRESS_OPTION)
           .conflicts('verify', ['as', 'force']),
       run: async (args, ctx) => {
-        const { restoreChain, verifyInputs, precheckFiles } = await import('../stages/unpack/restore.js');
+        const { restoreChain } = await import('../stages/unpack/restore.js');
+        const { verifyInputs } = await import('../stages/unpack/verify.js');
+        const { precheckFiles } = await import('../stages/unpack/input.js');
         const { checkContainerName } = await import('../core/layout.js');
         if (args.as !== undefined) checkContainerName(args.as, '--as name');
         // sbk-unpack is the end of its pipe (it writes no data to stdout): it may draw.

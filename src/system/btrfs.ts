@@ -1,12 +1,13 @@
-// The btrfs commands sbk runs, through execa. Big outputs (send streams) are never buffered:
-// stdout is a stream (`buffer: {stdout: false}`); stderr is kept so errors can quote it.
-import { statfs, stat, lstat } from 'node:fs/promises';
+// The btrfs commands sbk runs, through execa, and the one removal of directory trees that hold
+// subvolumes (removeTree). Big outputs (send streams) are never buffered: stdout is a stream
+// (`buffer: {stdout: false}`); stderr is kept so errors can quote it.
+import { statfs, stat, lstat, readdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
 import { SbkError, ExitCode } from '../core/errors.js';
 
-export const BTRFS_SUPER_MAGIC = 0x9123683e;
+const BTRFS_SUPER_MAGIC = 0x9123683e;
 /** Inode number of every subvolume's root directory on BTRFS. */
 const SUBVOLUME_ROOT_INO = 256;
 /** Inode number of the empty directory a snapshot shows where the source had a nested subvolume. */
@@ -66,7 +67,7 @@ export interface SubvolumeInfo {
   generation: number;
 }
 
-export function parseSubvolumeShow(out: string): SubvolumeInfo {
+function parseSubvolumeShow(out: string): SubvolumeInfo {
   const field = (name: string): string | null => {
     const m = new RegExp(`^\\s*${name}:\\s*(.*)$`, 'm').exec(out);
     const v = m?.[1]?.trim();
@@ -91,15 +92,67 @@ export async function snapshot(src: string, dst: string, opts: { readonly: boole
   await btrfs(['subvolume', 'snapshot', ...(opts.readonly ? ['-r'] : []), src, dst], signal);
 }
 
-export async function deleteSubvolume(p: string): Promise<void> {
+async function deleteSubvolume(p: string): Promise<void> {
   await deleteSubvolumes([p]);
 }
 
 /** One `btrfs subvolume delete` for several subvolumes (a set's volumes): one process, not four. */
-export async function deleteSubvolumes(paths: string[]): Promise<void> {
+async function deleteSubvolumes(paths: string[]): Promise<void> {
   if (paths.length === 0) return;
   // Never cancelled: clean-up must finish even while the run is being aborted.
   await btrfs(['subvolume', 'delete', ...paths]);
+}
+
+/** Deletes a subvolume; one holding nested subvolumes (docker in a container …) is emptied of them first. */
+async function deleteSubvolumeDeep(p: string): Promise<void> {
+  try {
+    await deleteSubvolume(p);
+  } catch (err) {
+    // Rare (only a live container's volume can hold nested subvolumes): look only then.
+    const nested = await childSubvolumes(p).catch(() => []);
+    if (nested.length === 0) throw err;
+    for (const n of nested) await deleteSubvolumeDeep(path.join(p, n));
+    await deleteSubvolume(p);
+  }
+}
+
+/**
+ * Removes a file or a directory tree that may hold subvolumes (rm cannot delete those): a
+ * snapshot set, a restore's temporary directory. The subvolumes side by side in a directory go
+ * in one `btrfs subvolume delete`; only when that fails is each deleted on its own, emptied of
+ * nested subvolumes first. Symlinks are removed, never followed. A missing `p` is no error.
+ */
+export async function removeTree(p: string): Promise<void> {
+  let st;
+  try {
+    st = await lstat(p);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!st.isDirectory()) {
+    await rm(p, { force: true });
+    return;
+  }
+  if (await isSubvolume(p).catch(() => false)) {
+    await deleteSubvolumeDeep(p);
+    return;
+  }
+  const subvolumes: string[] = [];
+  const others: string[] = [];
+  for (const e of await readdir(p, { withFileTypes: true })) {
+    const c = path.join(p, e.name);
+    if (e.isDirectory() && (await isSubvolume(c).catch(() => false))) subvolumes.push(c);
+    else others.push(c);
+  }
+  try {
+    await deleteSubvolumes(subvolumes);
+  } catch {
+    // One of them holds nested subvolumes (or went meanwhile): each on its own, deep.
+    for (const s of subvolumes) if (await isSubvolume(s).catch(() => false)) await deleteSubvolumeDeep(s);
+  }
+  for (const c of others) await removeTree(c);
+  await rmdir(p);
 }
 
 /**
@@ -154,7 +207,26 @@ export function receive(dir: string, signal?: AbortSignal): { stdin: Writable; d
   return { stdin: child.stdin as Writable, done };
 }
 
-export interface NestedSubvolume {
+/**
+ * The subvolumes directly inside subvolume `p` (their paths relative to it), from one `btrfs
+ * subvolume list -o` (paths from the filesystem's top level) and its own path from `show`.
+ */
+async function childSubvolumes(p: string, signal?: AbortSignal): Promise<string[]> {
+  const strip = (s: string) => s.replace(/^<FS_TREE>\/?/, '').replace(/^\/+/, '');
+  const top = strip((await btrfs(['subvolume', 'show', p], signal)).split('\n')[0]!.trim());
+  const list = await btrfs(['subvolume', 'list', '-o', p], signal);
+  const out: string[] = [];
+  for (const line of list.split('\n')) {
+    const m = /^ID \d+ gen \d+ top level \d+ path (.*)$/.exec(line);
+    if (!m) continue;
+    const full = strip(m[1]!);
+    const rel = top === '' ? full : full.startsWith(top + '/') ? full.slice(top.length + 1) : undefined;
+    if (rel) out.push(rel);
+  }
+  return out;
+}
+
+interface NestedSubvolume {
   /** Path relative to the volume's root. */
   path: string;
   /** The nested subvolume's root directory, as it is in the live volume. */
@@ -170,16 +242,8 @@ export interface NestedSubvolume {
  * created after the snapshot (no placeholder in it) is not counted.
  */
 export async function nestedSubvolumes(live: string, snap: string, signal?: AbortSignal): Promise<NestedSubvolume[]> {
-  const strip = (p: string) => p.replace(/^<FS_TREE>\/?/, '').replace(/^\/+/, '');
-  const top = strip((await btrfs(['subvolume', 'show', live], signal)).split('\n')[0]!.trim());
-  const list = await btrfs(['subvolume', 'list', '-o', live], signal);
   const out: NestedSubvolume[] = [];
-  for (const line of list.split('\n')) {
-    const m = /^ID \d+ gen \d+ top level \d+ path (.*)$/.exec(line);
-    if (!m) continue;
-    const full = strip(m[1]!);
-    const rel = top === '' ? full : full.startsWith(top + '/') ? full.slice(top.length + 1) : undefined;
-    if (!rel) continue;
+  for (const rel of await childSubvolumes(live, signal)) {
     const [inSnap, inLive] = await Promise.all([lstat(path.join(snap, rel)).catch(() => undefined), lstat(path.join(live, rel)).catch(() => undefined)]);
     if (!inSnap?.isDirectory() || inSnap.ino !== EMPTY_SUBVOL_DIR_INO) continue;
     out.push({

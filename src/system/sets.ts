@@ -8,7 +8,7 @@ import { hostname } from 'node:os';
 import path from 'node:path';
 import { SbkError, ExitCode } from '../core/errors.js';
 import { CONFIRMED_MARKER, backupName, parseSetDirName, setDirName, type Dirs } from '../core/layout.js';
-import { deleteSubvolumes, isSubvolume } from './btrfs.js';
+import { removeTree } from './btrfs.js';
 import { writeFileAtomic } from './atomic.js';
 import { backupLockFile, withLock } from './lock.js';
 import type { SetRef } from '../formats/record.js';
@@ -45,20 +45,9 @@ export async function listSets(dirs: Dirs, container: string): Promise<SetInfo[]
   return sets.sort((a, b) => a.time - b.time || Number(b.full) - Number(a.full));
 }
 
+/** Removes a snapshot set (or a partial one): its snapshots with btrfs, then the directory. */
 export async function removeSetDir(dir: string): Promise<void> {
-  let names: string[] = [];
-  try {
-    names = await readdir(dir);
-  } catch {
-    return;
-  }
-  const subvolumes: string[] = [];
-  for (const n of names) {
-    const p = path.join(dir, n);
-    if (await isSubvolume(p).catch(() => false)) subvolumes.push(p);
-  }
-  await deleteSubvolumes(subvolumes);
-  await rm(dir, { recursive: true, force: true });
+  await removeTree(dir);
 }
 
 /**

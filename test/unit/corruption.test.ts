@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
-import { verifyInputs } from '../../src/stages/unpack/restore.js';
+import { verifyInputs } from '../../src/stages/unpack/verify.js';
 import { openArchiveStream } from '../../src/formats/archive/open.js';
 import { SbkError } from '../../src/core/errors.js';
 import { Log } from '../../src/core/log.js';

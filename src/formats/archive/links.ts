@@ -24,3 +24,36 @@ export function linkProblem(child: Manifest, parent: Manifest): string | undefin
   }
   return undefined;
 }
+
+/**
+ * What an archive is for the order of a restore's input: from its manifest, or, for an archive of
+ * the original Subutai tool (no manifest), only from its file name (`legacy`).
+ */
+export interface ChainId {
+  manifest?: Manifest;
+  legacy: boolean;
+  container: string;
+  name: string;
+  full: boolean;
+  time: number;
+}
+
+export const chainId = (m: Manifest): ChainId => ({ manifest: m, legacy: false, container: m.container, name: m.name, full: m.full, time: m.time });
+
+/**
+ * Why `next` cannot come after `prev` (undefined: it is the first) in one restore, or undefined
+ * when it can. Two sbk archives are held to linkProblem; original Subutai archives, which name no
+ * parent, only to their order in time.
+ */
+export function followProblem(prev: ChainId | undefined, next: ChainId): string | undefined {
+  if (!prev) return next.full ? undefined : `${next.name} is an incremental backup: a restore starts at its Full (sbk-plan ${next.container} | sbk-unpack)`;
+  if (next.container !== prev.container) return `${next.name} is a backup of ${next.container}, not of ${prev.container}: one chain at a time`;
+  if (next.full) return `${next.name} is a Full backup in the middle of a chain (after ${prev.name})`;
+  if (next.legacy !== prev.legacy) return `${next.name} cannot follow ${prev.name}: original Subutai archives and sbk archives do not chain`;
+  if (next.manifest && prev.manifest) {
+    const problem = linkProblem(next.manifest, prev.manifest);
+    return problem && `${next.name} cannot follow ${prev.name}: ${problem}`;
+  }
+  if (next.time <= prev.time) return `${next.name} is not newer than ${prev.name}: give the archives oldest first`;
+  return undefined;
+}

@@ -1,0 +1,64 @@
+// What sbk-unpack reads: its inputs (archive files or a stream), what each archive is (from its
+// manifest, or from the file name of an original Subutai archive), and the check of their order
+// (links.ts's followProblem) from the archives' first entries before anything is received.
+import type { Readable } from 'node:stream';
+import { readArchiveHead } from '../../formats/archive/open.js';
+import { chainId, followProblem, type ChainId } from '../../formats/archive/links.js';
+import { SbkError, ExitCode } from '../../core/errors.js';
+import type { ParsedArchiveName } from '../../core/layout.js';
+
+export interface RestoreInput {
+  /** A path, or 'stdin': for messages. */
+  source: string;
+  /** Opens the uncompressed tar stream of one or more archives. Called once, in input order. */
+  open(): Promise<Readable>;
+  /** From the file name: the only name and kind an original Subutai archive has. */
+  nameInfo?: ParsedArchiveName;
+  /** Size of the archive file, when known (for progress). */
+  size?: number;
+}
+
+/** Progress of the volumes' send streams as they are received or checked. */
+export interface RestoreProgress {
+  /** A volume's stream starts: the archive, the volume, and the tar stream it is read from. */
+  volume(archive: string, volume: string, input: RestoreInput, tarStream: Readable): void;
+  /** Bytes of the current volume's stream passed on (called per chunk: keep it cheap). */
+  add(n: number): void;
+  /** The current volume's stream is complete. */
+  end(): void;
+}
+
+/** An original Subutai archive: only its file name (or --as) says what it is. */
+export function legacyId(input: RestoreInput, as: string | undefined): ChainId {
+  const n = input.nameInfo;
+  if (!n) {
+    if (!as)
+      throw new SbkError(
+        `${input.source}: an archive of the original Subutai tool carries no container name; give one with --as NAME`,
+        ExitCode.usage,
+      );
+    return { legacy: true, container: as, name: input.source, full: true, time: 0 };
+  }
+  const name = `${n.container}_${n.time}${n.full ? '_Full' : ''}`;
+  return { legacy: true, container: n.container, name, full: n.full, time: n.time };
+}
+
+/** Throws unless `id` may come after `prev` (undefined: it is the first) in one restore. */
+export function checkFollows(prev: ChainId | undefined, id: ChainId): void {
+  const problem = followProblem(prev, id);
+  if (problem) throw new SbkError(problem, ExitCode.badInput);
+}
+
+/**
+ * Checks the order of archive files from their first entries before any is received, so a
+ * wrong list fails in a second instead of after receiving a large Full.
+ */
+export async function precheckFiles(inputs: RestoreInput[], as: string | undefined): Promise<void> {
+  let prev: ChainId | undefined;
+  for (const input of inputs) {
+    const head = await readArchiveHead(input.source);
+    const id = head.manifest ? chainId(head.manifest) : legacyId(input, as);
+    checkFollows(prev, id);
+    prev = id;
+  }
+}
