@@ -16,6 +16,8 @@ interface PlanArgs {
   keepMonthly?: number;
   delete?: boolean;
   wait?: string;
+  names?: boolean;
+  head?: boolean;
 }
 
 export function main(argv: string[]): Promise<void> {
@@ -23,7 +25,7 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-plan',
       usage:
-        '$0 CONTAINER [--at TIME] [--dir DIR]\n$0 CONTAINER --list [--json]\n$0 CONTAINER --prune --keep-last N|--keep-daily N|--keep-weekly N|--keep-monthly N [--delete]\n\nPrints the archives that restore the newest backup of CONTAINER at or before TIME (default: the latest), one path per line, the Full first: pipe them into sbk-unpack. Archives are linked by the parent their manifests record.\nWith --prune: prints the archives (and changelog sidecars) that the --keep-* policy lets go, never one that a kept backup\'s chain needs; --delete removes them.',
+        '$0 CONTAINER [--at TIME] [--dir DIR]\n$0 CONTAINER --list [--json]\n$0 CONTAINER --prune --keep-last N|--keep-daily N|--keep-weekly N|--keep-monthly N [--delete]\n$0 CONTAINER --names [--at TIME] < LISTING\n$0 --head < ARCHIVE\n\nPrints the archives that restore the newest backup of CONTAINER at or before TIME (default: the latest), one path per line, the Full first: pipe them into sbk-unpack. Archives are linked by the parent their manifests record.\nWith --prune: prints the archives (and changelog sidecars) that the --keep-* policy lets go, never one that a kept backup\'s chain needs; --delete removes them.',
       options: (y) =>
         y
           .option('at', { type: 'string', describe: 'restore point: unix seconds or ISO 8601 (2024-05-01T12:00:00Z; no zone = local time)' })
@@ -37,7 +39,14 @@ export function main(argv: string[]): Promise<void> {
           .option('keep-monthly', { type: 'number', describe: 'with --prune: the same per month' })
           .option('delete', { type: 'boolean', describe: 'with --prune: remove them (under the container lock)' })
           .option('wait', WAIT_OPTION)
+          .option('names', {
+            type: 'boolean',
+            describe: 'read archive file names on stdin (as ls -1 prints them); print the backups of CONTAINER among them at or before --at, oldest first',
+          })
+          .option('head', { type: 'boolean', describe: 'read an archive on stdin; print its backup name and parent (- for a Full) from its first bytes' })
           .conflicts('prune', ['at', 'list'])
+          .conflicts('names', ['list', 'prune', 'dir', 'json'])
+          .conflicts('head', ['at', 'list', 'prune', 'names', 'dir', 'json'])
           .check((a) => {
             const keeps = ['keepLast', 'keepDaily', 'keepWeekly', 'keepMonthly'] as const;
             for (const k of keeps) {
@@ -58,11 +67,21 @@ export function main(argv: string[]): Promise<void> {
         const { scanStore, planRestore, parseAtTime, listRows, listTable } = await import('../stages/plan/chain.js');
         const { checkContainerName } = await import('../core/layout.js');
         const names = args._.map(String);
+        if (args.head) {
+          if (names.length) throw new SbkError('--head reads an archive on stdin and takes no container', ExitCode.usage);
+          const { headOf } = await import('../stages/plan/remote.js');
+          return writeOut((await headOf(process.stdin)) + '\n');
+        }
         if (names.length !== 1)
           throw new SbkError(names.length ? `one container at a time (got ${names.join(', ')})` : 'no container given', ExitCode.usage);
         const container = checkContainerName(names[0]!);
         if (args.list && args.at !== undefined) throw new SbkError('--at and --list do not go together', ExitCode.usage);
         const at = args.at === undefined ? undefined : parseAtTime(args.at);
+        if (args.names) {
+          const { namesIn } = await import('../stages/plan/remote.js');
+          for (const n of await namesIn(process.stdin, container, at)) await writeOut(n + '\n');
+          return;
+        }
         const dir = path.resolve(args.dir ?? ctx.dirs.backupDir);
         if (args.prune) {
           const { prune } = await import('../stages/plan/prune.js');
