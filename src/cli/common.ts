@@ -1,5 +1,6 @@
 // What every sbk binary shares: common options, logging, signals, broken pipes, exit codes.
-// Each src/cli/<verb>.ts only declares its options and wires streams to src/lib.
+// Each src/cli/<verb>.ts only declares its options and wires streams to its stage
+// (src/stages/<verb>); src/cli/verbs.ts lists the verbs.
 // yargs is loaded only to parse a real run: `--help` and `--version` answer without it (help.ts).
 import type { Argv } from 'yargs';
 import { readFileSync } from 'node:fs';

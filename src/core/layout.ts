@@ -2,6 +2,9 @@
 //   <backup-dir>/<c>/<time>[_Full]/<volume>   read-only snapshots (a "snapshot set")
 //   <backup-dir>/<c>_<time>[_Full].tar.gz     archive
 //   <backup-dir>/<c>_<time>[_Full]_changelog.txt  changelog sidecar (archive base + _changelog.txt)
+//   <backup-dir>/.locks/<c>.lock, <lxc-dir>/.sbk-locks/…   locks
+//   .<time>[_Full].partial-<pid>, .<name>.tmp-<pid>-<n>, .sbk-restore-<name>-<pid>   work in progress
+// Every on-disk name sbk makes is spelled here and nowhere else.
 import path from 'node:path';
 import { SbkError, ExitCode } from './errors.js';
 
