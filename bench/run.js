@@ -667,7 +667,9 @@ async function sectionBig(sb) {
 
 // (e) --help of every binary
 async function sectionHelp() {
-  const bins = ['sbk-snap', 'sbk-changelog', 'sbk-send', 'sbk-pack', 'sbk-plan', 'sbk-unpack'];
+  // Every binary of the verb registry (compiled by the build this bench runs first).
+  const { VERBS } = await import(new URL('../dist/cli/verbs.js', import.meta.url).href);
+  const bins = VERBS.map((v) => v.name);
   const cmds = { 'node -e 0 (for scale)': [process.execPath, ['-e', '0']], ...Object.fromEntries(bins.map((b) => [b, [BIN(b), ['--help']]])) };
   const out = Object.fromEntries(Object.keys(cmds).map((k) => [k, { wall: [], cpu: [] }]));
   const tf = path.join(TIMEDIR, 'help.time');

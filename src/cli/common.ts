@@ -1,10 +1,11 @@
 // What every sbk binary shares: common options, logging, signals, broken pipes, exit codes.
-// Each src/cli/<verb>.ts only declares its options and wires streams to src/lib.
+// Each src/cli/<verb>.ts only declares its options and wires streams to its stage
+// (src/stages/<verb>); src/cli/verbs.ts lists the verbs.
 // yargs is loaded only to parse a real run: `--help` and `--version` answer without it (help.ts).
 import type { Argv } from 'yargs';
 import { readFileSync } from 'node:fs';
 import { ExitCode, SbkError, describeSystemError, isBrokenPipe } from '../core/errors.js';
-import { Log, type Verbosity } from '../core/log.js';
+import { Log } from '../core/log.js';
 import { resolveDirs, type Dirs } from '../core/layout.js';
 
 export interface CommonArgs {
@@ -107,28 +108,87 @@ export interface CliSpec<A> {
   brokenPipeIsOk?: boolean;
 }
 
-/** Runs one binary: parses argv, installs signal and pipe handling, maps errors to exit codes. */
-export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void> {
-  if (await answerWithoutYargs(spec, argv)) return;
-  const log = new Log(spec.name);
-  const controller = new AbortController();
-  let stopReason: 'signal' | 'pipe' | undefined;
-  // While run() is going: an error stdout emitted then.
-  let running = false;
-  let stdoutError: Error | undefined;
-  const reportStdoutError = (unless?: unknown) => {
-    if (stdoutError && stdoutError !== unless) log.error(`stdout: ${stdoutError.message}`);
+/** Why a run stopped early: a signal, or stdout's reader went away. */
+export type StopReason = 'signal' | 'pipe' | undefined;
+
+/** How run() ended and what happened around it: all exitCodeFor needs. */
+export interface RunEnd {
+  /** run() returned (its optional exit code) or threw. */
+  outcome: { returned: void | number } | { threw: unknown };
+  stopReason: StopReason;
+  /** 130 or 143, by the signal that came. */
+  signalExit: number;
+  brokenPipeIsOk: boolean;
+  /** A stdout error (not a broken pipe) seen while run() went. */
+  stdoutError?: Error;
+}
+
+/** The exit status of a run and the messages to print first; `code` undefined: leave it as is. */
+export interface Verdict {
+  code?: number;
+  messages: string[];
+}
+
+const BROKEN_PIPE_MESSAGE = 'the reader of stdout went away (broken pipe)';
+
+/**
+ * The one mapping from how a run ended to its exit status (man sbk(7), EXIT STATUS). A stop
+ * (signal, lost reader) wins over what run() did because of it; then a stdout error seen on the
+ * way; then run()'s own code or error.
+ */
+export function exitCodeFor(end: RunEnd): Verdict {
+  const threw = 'threw' in end.outcome;
+  const err = threw ? (end.outcome as { threw: unknown }).threw : undefined;
+  switch (end.stopReason) {
+    case 'signal':
+      return { code: end.signalExit, messages: [] };
+    case 'pipe':
+      if (!end.brokenPipeIsOk) return { code: ExitCode.brokenPipe, messages: [BROKEN_PIPE_MESSAGE] };
+      // A listing whose reader left: fine, unless stdout failed otherwise too.
+      if (threw) return { code: ExitCode.ok, messages: [] };
+      break;
+  }
+  // The stdout error is said unless run() threw that very error (then it is said once, below).
+  const messages = end.stdoutError && end.stdoutError !== err ? [`stdout: ${end.stdoutError.message}`] : [];
+  if (!threw) {
+    if (end.stdoutError) return { code: ExitCode.failure, messages };
+    const code = (end.outcome as { returned: void | number }).returned;
+    return { code: typeof code === 'number' ? code : undefined, messages };
+  }
+  if (err instanceof SbkError) return { code: err.exitCode, messages: [...messages, err.message] };
+  if (isBrokenPipe(err) && end.brokenPipeIsOk) return { code: ExitCode.ok, messages };
+  const sys = describeSystemError(err);
+  if (sys) return { code: sys.exitCode, messages: [...messages, sys.message] };
+  return {
+    code: ExitCode.bug,
+    messages: [...messages, `internal error (a bug: please report it):\n${(err as Error)?.stack ?? String(err)}`],
   };
-  let signalExit: number = ExitCode.interrupted;
+}
+
+/** What the handlers runCli installs have seen so far. */
+interface RunState {
+  controller: AbortController;
+  stopReason: StopReason;
+  signalExit: number;
+  /** While run() is going: an error stdout emitted then is kept for the verdict. */
+  running: boolean;
+  stdoutError?: Error;
+  detach: () => void;
+}
+
+/** SIGINT/SIGTERM abort the run (a second one exits at once); a broken stdout aborts it too. */
+function installHandlers(log: Log): RunState {
+  const state: RunState = { controller: new AbortController(), stopReason: undefined, signalExit: ExitCode.interrupted, running: false, detach: () => {} };
+  const { controller } = state;
   const onSignal = (sig: NodeJS.Signals) => {
     if (controller.signal.aborted) {
       // A second signal: the user wants out now.
       process.exit(sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated);
     }
-    stopReason = 'signal';
-    signalExit = sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated;
+    state.stopReason = 'signal';
+    state.signalExit = sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated;
     log.error(`${sig === 'SIGINT' ? 'interrupted' : 'terminated'}, cleaning up`);
-    controller.abort(new SbkError(`${sig}`, signalExit as 130 | 143));
+    controller.abort(new SbkError(`${sig}`, state.signalExit as 130 | 143));
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -136,8 +196,8 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
   process.stdout.on('error', (err) => {
     if (isBrokenPipe(err)) {
       if (!controller.signal.aborted) {
-        stopReason = 'pipe';
-        controller.abort(new SbkError('the reader of stdout went away (broken pipe)', ExitCode.brokenPipe));
+        state.stopReason = 'pipe';
+        controller.abort(new SbkError(BROKEN_PIPE_MESSAGE, ExitCode.brokenPipe));
       }
       return;
     }
@@ -145,27 +205,45 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
     // While run() is going, a pipeline that failed passes its error (any error: a missing
     // directory, a full disk) on to stdout too: keep it, and report it when run() ends unless
     // run() reports that same error itself.
-    if (running) stdoutError ??= err;
+    if (state.running) state.stdoutError ??= err;
     else log.error(`stdout: ${err.message}`);
   });
+  state.detach = () => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  };
+  return state;
+}
 
-  let args: A & CommonArgs & { _: (string | number)[] };
+type Args<A> = A & CommonArgs & { _: (string | number)[] };
+
+/** Parses argv with yargs; undefined when it printed help or version, or refused the command line. */
+async function parseArgs<A>(spec: CliSpec<A>, argv: string[], log: Log): Promise<Args<A> | undefined> {
   const parser = (await buildParser(spec, argv)).fail((msg, err) => {
     throw err instanceof SbkError ? err : new SbkError(msg || err?.message || 'bad usage', ExitCode.usage);
   });
+  let args: Args<A>;
   try {
-    args = (await parser.parseAsync()) as typeof args;
+    args = (await parser.parseAsync()) as Args<A>;
   } catch (err) {
     const e = err instanceof SbkError ? err : new SbkError(String((err as Error)?.message ?? err), ExitCode.usage);
     log.error(e.message);
     process.stderr.write(`Try '${spec.name} --help'.\n`);
     process.exitCode = e.exitCode;
-    return;
+    return undefined;
   }
-  if ((args as { help?: boolean }).help || (args as { version?: boolean }).version) return;
+  if ((args as { help?: boolean }).help || (args as { version?: boolean }).version) return undefined;
+  return args;
+}
 
-  const verbosity: Verbosity = args.quiet ? 0 : args.verbose ? 2 : 1;
-  log.verbosity = verbosity;
+/** Runs one binary: parses argv, installs signal and pipe handling, maps errors to exit codes. */
+export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void> {
+  if (await answerWithoutYargs(spec, argv)) return;
+  const log = new Log(spec.name);
+  const state = installHandlers(log);
+  const args = await parseArgs(spec, argv, log);
+  if (!args) return;
+  log.verbosity = args.quiet ? 0 : args.verbose ? 2 : 1;
   // If the event loop drains while run() is still pending (an await that can never settle),
   // Node would exit with status 0 half-way: never report that as a success.
   let settled = false;
@@ -175,54 +253,27 @@ export async function runCli<A>(spec: CliSpec<A>, argv: string[]): Promise<void>
     process.exitCode = ExitCode.bug;
   };
   process.once('beforeExit', unsettled);
+  let outcome: RunEnd['outcome'];
   try {
     const dirs = resolveDirs({ lxcDir: args.lxcDir, backupDir: args.backupDir });
-    running = true;
+    state.running = true;
     // A signal that came while the options were parsed: stop before any work (the waits in
     // run() listen for the abort event, which an already aborted signal never fires).
-    controller.signal.throwIfAborted();
-    const code = await spec.run(args, { log, dirs, signal: controller.signal });
-    running = false;
-    if (stopReason === 'pipe' && !spec.brokenPipeIsOk) {
-      log.error('the reader of stdout went away (broken pipe)');
-      process.exitCode = ExitCode.brokenPipe;
-    } else if (stopReason === 'signal') {
-      process.exitCode = signalExit;
-    } else if (stdoutError) {
-      reportStdoutError();
-      process.exitCode = ExitCode.failure;
-    } else if (typeof code === 'number') process.exitCode = code;
+    state.controller.signal.throwIfAborted();
+    outcome = { returned: await spec.run(args, { log, dirs, signal: state.controller.signal }) };
   } catch (err) {
-    running = false;
-    if (!stopReason) reportStdoutError(err);
-    if (stopReason === 'signal') {
-      process.exitCode = signalExit;
-    } else if (stopReason === 'pipe') {
-      if (spec.brokenPipeIsOk) process.exitCode = ExitCode.ok;
-      else {
-        log.error('the reader of stdout went away (broken pipe)');
-        process.exitCode = ExitCode.brokenPipe;
-      }
-    } else if (err instanceof SbkError) {
-      log.error(err.message);
-      process.exitCode = err.exitCode;
-    } else if (isBrokenPipe(err) && spec.brokenPipeIsOk) {
-      process.exitCode = ExitCode.ok;
-    } else {
-      const sys = describeSystemError(err);
-      if (sys) {
-        log.error(sys.message);
-        process.exitCode = sys.exitCode;
-      } else {
-        log.error(`internal error (a bug: please report it):\n${(err as Error)?.stack ?? String(err)}`);
-        process.exitCode = ExitCode.bug;
-      }
-    }
+    outcome = { threw: err };
+  } finally {
+    state.running = false;
+  }
+  try {
+    const verdict = exitCodeFor({ outcome, stopReason: state.stopReason, signalExit: state.signalExit, brokenPipeIsOk: !!spec.brokenPipeIsOk, stdoutError: state.stdoutError });
+    for (const m of verdict.messages) log.error(m);
+    if (verdict.code !== undefined) process.exitCode = verdict.code;
   } finally {
     settled = true;
     process.off('beforeExit', unsettled);
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    state.detach();
   }
 }
 

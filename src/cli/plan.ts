@@ -1,7 +1,7 @@
 // sbk-plan: a container name in, the archives that restore one of its backups out (one path per
 // line, oldest first: the input of sbk-unpack). --list shows every backup and its chain.
 import path from 'node:path';
-import { runCli, writeOut, WAIT_OPTION, parseWait, type Context } from './common.js';
+import { runCli, writeOut, WAIT_OPTION, parseWait } from './common.js';
 import { SbkError, ExitCode } from '../core/errors.js';
 
 interface PlanArgs {
@@ -16,77 +16,16 @@ interface PlanArgs {
   keepMonthly?: number;
   delete?: boolean;
   wait?: string;
+  names?: boolean;
+  head?: boolean;
 }
-
-/**
- * --prune: the archives (and changelog sidecars) a --keep-* policy lets go, one path per line in
- * a safe deletion order; with --delete they are removed, under the container's lock of DIR.
- */
-async function prune(container: string, dir: string, args: PlanArgs, ctx: Context): Promise<void> {
-  const { scanStore } = await import('../stages/plan/chain.js');
-  const { planPrune, filesOf } = await import('../stages/plan/prune.js');
-  const { formatTime } = await import('../core/layout.js');
-  const policy = { last: args.keepLast, daily: args.keepDaily, weekly: args.keepWeekly, monthly: args.keepMonthly };
-  const work = async () => {
-    const all = await scanStore(dir, container, { warn: (m) => ctx.log.warn(m) });
-    if (!all.some((a) => a.container === container)) throw new SbkError(`no backup of ${container} in ${dir}`, ExitCode.notFound);
-    const plan = planPrune(all, container, policy);
-    for (const d of plan.unrestorable)
-      ctx.log.warn(`${d.archive.name} cannot be restored (${d.reasons[0]!.replace(/^not restorable: /, '')}); kept, with the archives it may need`);
-    for (const d of plan.decisions)
-      ctx.log.verbose(`${d.keep ? 'keep' : 'remove'} ${d.archive.name}${d.keep ? ` (${d.reasons.join('; ')})` : ''}`);
-    if (args.json) {
-      for (const d of plan.decisions) {
-        const a = d.archive;
-        await writeOut(
-          JSON.stringify({
-            name: a.name,
-            time: a.time,
-            date: formatTime(a.time),
-            kind: a.full ? 'full' : 'incremental',
-            action: d.keep ? 'keep' : 'remove',
-            reasons: d.reasons,
-            files: d.keep ? [a.path] : await filesOf(a),
-          }) + '\n',
-        );
-      }
-    }
-    if (!args.delete) {
-      if (!args.json) for (const a of plan.remove) for (const f of await filesOf(a)) await writeOut(f + '\n');
-      return;
-    }
-    const { unlink } = await import('node:fs/promises');
-    const { fsyncDir } = await import('../system/atomic.js');
-    // Newest first: an incremental goes before its parent, so a prune cut short never leaves an
-    // incremental without its chain. Removed paths are printed as they go.
-    for (const a of plan.remove) {
-      ctx.signal.throwIfAborted();
-      for (const f of await filesOf(a)) {
-        await unlink(f).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOENT') throw err;
-        });
-        if (!args.json) await writeOut(f + '\n');
-      }
-      ctx.log.verbose(`removed ${a.name}`);
-    }
-    if (plan.remove.length) await fsyncDir(dir);
-    ctx.log.info(`${container}: removed ${plan.remove.length} backup${plan.remove.length === 1 ? '' : 's'}, kept ${plan.decisions.length - plan.remove.length}`);
-  };
-  if (!args.delete) return work();
-  const { withLock, backupLockFile } = await import('../system/lock.js');
-  // The same lock sbk-pack takes to store into DIR: nothing is stored while the plan is made and carried out.
-  await withLock(backupLockFile(dir, container), { holder: `sbk-plan --prune --delete ${container}`, wait: parseWait(args.wait), signal: ctx.signal }, work);
-}
-
-const human = (n: number) =>
-  n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(1)}G` : n >= 1024 ** 2 ? `${(n / 1024 ** 2).toFixed(1)}M` : n >= 1024 ? `${(n / 1024).toFixed(1)}K` : `${n}`;
 
 export function main(argv: string[]): Promise<void> {
   return runCli<PlanArgs>(
     {
       name: 'sbk-plan',
       usage:
-        '$0 CONTAINER [--at TIME] [--dir DIR]\n$0 CONTAINER --list [--json]\n$0 CONTAINER --prune --keep-last N|--keep-daily N|--keep-weekly N|--keep-monthly N [--delete]\n\nPrints the archives that restore the newest backup of CONTAINER at or before TIME (default: the latest), one path per line, the Full first: pipe them into sbk-unpack. Archives are linked by the parent their manifests record.\nWith --prune: prints the archives (and changelog sidecars) that the --keep-* policy lets go, never one that a kept backup\'s chain needs; --delete removes them.',
+        '$0 CONTAINER [--at TIME] [--dir DIR]\n$0 CONTAINER --list [--json]\n$0 CONTAINER --prune --keep-last N|--keep-daily N|--keep-weekly N|--keep-monthly N [--delete]\n$0 CONTAINER --names [--at TIME] < LISTING\n$0 --head < ARCHIVE\n\nPrints the archives that restore the newest backup of CONTAINER at or before TIME (default: the latest), one path per line, the Full first: pipe them into sbk-unpack. Archives are linked by the parent their manifests record.\nWith --prune: prints the archives (and changelog sidecars) that the --keep-* policy lets go, never one that a kept backup\'s chain needs; --delete removes them.',
       options: (y) =>
         y
           .option('at', { type: 'string', describe: 'restore point: unix seconds or ISO 8601 (2024-05-01T12:00:00Z; no zone = local time)' })
@@ -100,7 +39,14 @@ export function main(argv: string[]): Promise<void> {
           .option('keep-monthly', { type: 'number', describe: 'with --prune: the same per month' })
           .option('delete', { type: 'boolean', describe: 'with --prune: remove them (under the container lock)' })
           .option('wait', WAIT_OPTION)
+          .option('names', {
+            type: 'boolean',
+            describe: 'read archive file names on stdin (as ls -1 prints them); print the backups of CONTAINER among them at or before --at, oldest first',
+          })
+          .option('head', { type: 'boolean', describe: 'read an archive on stdin; print its backup name and parent (- for a Full) from its first bytes' })
           .conflicts('prune', ['at', 'list'])
+          .conflicts('names', ['list', 'prune', 'dir', 'json'])
+          .conflicts('head', ['at', 'list', 'prune', 'names', 'dir', 'json'])
           .check((a) => {
             const keeps = ['keepLast', 'keepDaily', 'keepWeekly', 'keepMonthly'] as const;
             for (const k of keeps) {
@@ -118,16 +64,37 @@ export function main(argv: string[]): Promise<void> {
       // A listing read by `| head` is fine; a --delete cut short by a vanished reader is not.
       brokenPipeIsOk: !argv.includes('--delete'),
       run: async (args, ctx) => {
-        const { scanStore, planRestore, parseAtTime, listRows } = await import('../stages/plan/chain.js');
+        const { scanStore, planRestore, parseAtTime, listRows, listTable } = await import('../stages/plan/chain.js');
         const { checkContainerName } = await import('../core/layout.js');
         const names = args._.map(String);
+        if (args.head) {
+          if (names.length) throw new SbkError('--head reads an archive on stdin and takes no container', ExitCode.usage);
+          const { headOf } = await import('../stages/plan/remote.js');
+          return writeOut((await headOf(process.stdin)) + '\n');
+        }
         if (names.length !== 1)
           throw new SbkError(names.length ? `one container at a time (got ${names.join(', ')})` : 'no container given', ExitCode.usage);
         const container = checkContainerName(names[0]!);
         if (args.list && args.at !== undefined) throw new SbkError('--at and --list do not go together', ExitCode.usage);
         const at = args.at === undefined ? undefined : parseAtTime(args.at);
+        if (args.names) {
+          const { namesIn } = await import('../stages/plan/remote.js');
+          for (const n of await namesIn(process.stdin, container, at)) await writeOut(n + '\n');
+          return;
+        }
         const dir = path.resolve(args.dir ?? ctx.dirs.backupDir);
-        if (args.prune) return prune(container, dir, args, ctx);
+        if (args.prune) {
+          const { prune } = await import('../stages/plan/prune.js');
+          const policy = { last: args.keepLast, daily: args.keepDaily, weekly: args.keepWeekly, monthly: args.keepMonthly };
+          return prune(container, dir, policy, {
+            json: args.json,
+            delete: args.delete,
+            wait: parseWait(args.wait),
+            signal: ctx.signal,
+            log: ctx.log,
+            emit: (line) => writeOut(line + '\n'),
+          });
+        }
         const all = await scanStore(dir, container, { warn: (m) => ctx.log.warn(m) });
 
         if (args.list) {
@@ -137,20 +104,9 @@ export function main(argv: string[]): Promise<void> {
             for (const r of rows) await writeOut(JSON.stringify(r) + '\n');
             return;
           }
-          const table = [
-            ['DATE', 'NAME', 'KIND', 'SIZE', 'PARENT', 'CHAIN'],
-            ...rows.map((r) => [
-              r.date,
-              r.name,
-              (r.legacy ? 'old-' : '') + (r.kind === 'full' ? 'Full' : 'Incr'),
-              process.stdout.isTTY ? human(r.size) : String(r.size),
-              r.parent ?? '-',
-              r.chain === 'complete' ? `complete (${r.length} archive${r.length === 1 ? '' : 's'})` : `${r.chain}: ${r.problem}`,
-            ]),
-          ];
-          const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
-          for (const row of table)
-            await writeOut(row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n');
+          // Human units on a terminal; exact bytes for scripts.
+          const { formatBytes } = await import('../core/progress.js');
+          for (const line of listTable(rows, process.stdout.isTTY ? formatBytes : String)) await writeOut(line + '\n');
           return;
         }
 

@@ -31,10 +31,6 @@ export class SbkError extends Error {
 }
 
 export const usageError = (m: string) => new SbkError(m, ExitCode.usage);
-export const badInput = (m: string) => new SbkError(m, ExitCode.badInput);
-export const corrupt = (m: string) => new SbkError(m, ExitCode.corrupt);
-export const notFound = (m: string) => new SbkError(m, ExitCode.notFound);
-export const conflict = (m: string) => new SbkError(m, ExitCode.conflict);
 
 /** True for the error a write to a closed pipe raises (the reader went away, e.g. `| head`). */
 export function isBrokenPipe(err: unknown): boolean {

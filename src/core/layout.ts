@@ -2,6 +2,9 @@
 //   <backup-dir>/<c>/<time>[_Full]/<volume>   read-only snapshots (a "snapshot set")
 //   <backup-dir>/<c>_<time>[_Full].tar.gz     archive
 //   <backup-dir>/<c>_<time>[_Full]_changelog.txt  changelog sidecar (archive base + _changelog.txt)
+//   <backup-dir>/.locks/<c>.lock, <lxc-dir>/.sbk-locks/…   locks
+//   .<time>[_Full].partial-<pid>, .<name>.tmp-<pid>-<n>, .sbk-restore-<name>-<pid>   work in progress
+// Every on-disk name sbk makes is spelled here and nowhere else.
 import path from 'node:path';
 import { SbkError, ExitCode } from './errors.js';
 
@@ -63,10 +66,6 @@ export function setDirName(time: number, full: boolean): string {
   return `${time}${full ? '_Full' : ''}`;
 }
 
-export function setDir(dirs: Dirs, container: string, time: number, full: boolean): string {
-  return path.join(dirs.backupDir, container, setDirName(time, full));
-}
-
 export const archiveFileName = (container: string, time: number, full: boolean) =>
   `${backupName(container, time, full)}.tar.gz`;
 
@@ -107,8 +106,44 @@ export function parseSetDirName(name: string): { time: number; full: boolean } |
   return { time: Number(m[1]), full: m[2] !== undefined };
 }
 
-/** Where a run keeps a snapshot set while making it; renamed to the final name when complete. */
-export const partialSetDirName = (time: number, full: boolean) => `.${setDirName(time, full)}.partial`;
+// ---- names of work in progress: hidden (a leading dot), tagged with the pid that made them, so
+// that a later run can tell a dead run's leftovers from a live one's and sweep them.
+
+/** Where sbk-snap makes a snapshot set (`.<time>[_Full].partial-<pid>`), renamed to the final name when complete. */
+export const partialSetName = (time: number, full: boolean, pid = process.pid) => `.${setDirName(time, full)}.partial-${pid}`;
+/** partialSetName's names: [1] the set's final name, [2] the pid. */
+export const PARTIAL_SET_RE = /^\.(\d+(?:_Full)?)\.partial-(\d+)$/;
+/** The file in a partial set saying which run makes it. */
+export const RUN_FILE = '.sbk-run';
+
+/** A file written atomically is first `.<name>.tmp-<pid>-<n>` beside its final name. */
+export const tempFileName = (finalName: string, n: number, pid = process.pid) => `.${finalName}.tmp-${pid}-${n}`;
+/** tempFileName's names: [1] the pid. */
+export const TEMP_FILE_RE = /^\..+\.tmp-(\d+)-\d+$/;
+
+/** Where sbk-unpack receives a restore: `<lxc-dir>/.sbk-restore-<name>-<pid>/`. */
+export const RESTORE_TEMP_PREFIX = '.sbk-restore-';
+export const restoreTempDirName = (name: string, pid = process.pid) => `${RESTORE_TEMP_PREFIX}${name}-${pid}`;
+/** restoreTempDirName's names: [1] the target name, [2] the pid. */
+export const RESTORE_TEMP_RE = /^\.sbk-restore-(.+)-(\d+)$/;
+
+/** An empty directory sbk-changelog compares a Full against, in the system's temp dir (mkdtemp prefix). */
+export const CHANGELOG_EMPTY_TEMP_PREFIX = 'sbk-changelog-empty-';
+
+// ---- locks: a container's backups in a backup dir; a restore target and a chain in an LXC dir.
+
+/** Lock of a container's backups (snapshot sets, archives, pruning) in a backup dir. */
+export const backupLockFile = (backupDir: string, container: string) => path.join(backupDir, '.locks', `${container}.lock`);
+/**
+ * Lock of the restores of one chain in an LXC dir, named by its container and Full (sanitized:
+ * an original-layout archive may be named by its path).
+ */
+export const chainLockFile = (lxcDir: string, container: string, full: string) => {
+  const safe = (s: string) => s.replace(/[^A-Za-z0-9_.+-]/g, '_').slice(0, 120);
+  return path.join(lxcDir, '.sbk-locks', 'chains', `${safe(container)}@${safe(path.basename(full))}.lock`);
+};
+/** Lock of a restore target in an LXC dir. */
+export const restoreLockFile = (lxcDir: string, name: string) => path.join(lxcDir, '.sbk-locks', `${name}.lock`);
 
 /** Marker written in a snapshot set once its archive is safely stored (the set may be a parent). */
 export const CONFIRMED_MARKER = '.sbk-confirmed';

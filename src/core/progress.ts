@@ -265,6 +265,3 @@ export class Progress {
     this.restoreStderr = undefined;
   }
 }
-
-/** A Progress that shows nothing: for callers that always want an object. */
-export const noProgress = (prog: string) => new Progress({ prog, mode: 'off', write: () => {} });

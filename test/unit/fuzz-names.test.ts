@@ -15,7 +15,7 @@ import {
   parseArchiveName,
   setDirName,
   parseSetDirName,
-  partialSetDirName,
+  partialSetName,
   changelogFileName,
   backupName,
   formatTime,
@@ -145,7 +145,7 @@ describe('fuzz: archive and set-directory names', () => {
     fc.assert(
       fc.property(timeArb, fc.boolean(), fc.oneof(anyName, fc.stringMatching(/^\.?\d{1,14}(_Full)?(\.partial)?$/)), (time, full, s) => {
         expect(parseSetDirName(setDirName(time, full))).toEqual({ time, full });
-        expect(parseSetDirName(partialSetDirName(time, full))).toBeUndefined();
+        expect(parseSetDirName(partialSetName(time, full))).toBeUndefined();
         const p = parseSetDirName(s);
         if (p !== undefined) expect(setDirName(p.time, p.full)).toBe(s);
       }),

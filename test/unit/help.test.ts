@@ -17,14 +17,15 @@ vi.mock(import('../../src/cli/common.js'), async (importOriginal) => {
 
 const { helpWithYargs, helpWithoutYargs } = await import('../../src/cli/common.js');
 const { recordOptions, renderHelp } = await import('../../src/cli/help.js');
-for (const verb of ['snap', 'changelog', 'send', 'pack', 'plan', 'unpack']) {
-  const m = (await import(`../../src/cli/${verb}.ts`)) as { main: (argv: string[]) => Promise<void> };
+const { VERBS } = await import('../../src/cli/verbs.js');
+for (const verb of VERBS) {
+  const m = (await import(`../../${verb.module}`)) as { main: (argv: string[]) => Promise<void> };
   await m.main(['--help']);
 }
 
 describe('--help without yargs', () => {
   it('has the spec of every binary', () => {
-    expect(specs.map((s) => s.name).sort()).toEqual(['sbk-changelog', 'sbk-pack', 'sbk-plan', 'sbk-send', 'sbk-snap', 'sbk-unpack']);
+    expect(specs.map((s) => s.name).sort()).toEqual(VERBS.map((v) => v.name).sort());
   });
 
   for (const width of [100, 80, 60, 200]) {

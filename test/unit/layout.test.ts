@@ -8,12 +8,11 @@ import {
   isValidVolumeName,
   backupName,
   setDirName,
-  setDir,
   archiveFileName,
   changelogFileName, legacyChangelogFileName,
   parseArchiveName,
   parseSetDirName,
-  partialSetDirName,
+  partialSetName,
   formatTime,
 } from '../../src/core/layout.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
@@ -153,14 +152,13 @@ describe('names of backups, sets, archives and changelogs', () => {
     expect(legacyChangelogFileName('c1', 1477297700)).toBe('c1_1477297700_changelog.txt');
   });
 
-  it('setDirName, setDir and partialSetDirName', () => {
+  it('setDirName and partialSetName', () => {
     expect(setDirName(1477297700, false)).toBe('1477297700');
     expect(setDirName(1477297700, true)).toBe('1477297700_Full');
-    expect(setDir({ lxcDir: '/l', backupDir: '/b' }, 'c1', 12, true)).toBe('/b/c1/12_Full');
-    expect(partialSetDirName(12, false)).toBe('.12.partial');
-    expect(partialSetDirName(12, true)).toBe('.12_Full.partial');
+    expect(partialSetName(12, false, 7)).toBe('.12.partial-7');
+    expect(partialSetName(12, true, 7)).toBe('.12_Full.partial-7');
     // A partial set is never mistaken for a set.
-    expect(parseSetDirName(partialSetDirName(12, true))).toBeUndefined();
+    expect(parseSetDirName(partialSetName(12, true))).toBeUndefined();
   });
 
   it('formatTime', () => {

@@ -301,3 +301,20 @@ export function listRows(all: ArchiveFile[]): ListRow[] {
     return row;
   });
 }
+
+/** `sbk-plan --list` as a table: a header, then one padded line per row (`size` formats sizes). */
+export function listTable(rows: ListRow[], size: (n: number) => string): string[] {
+  const table = [
+    ['DATE', 'NAME', 'KIND', 'SIZE', 'PARENT', 'CHAIN'],
+    ...rows.map((r) => [
+      r.date,
+      r.name,
+      (r.legacy ? 'old-' : '') + (r.kind === 'full' ? 'Full' : 'Incr'),
+      size(r.size),
+      r.parent ?? '-',
+      r.chain === 'complete' ? `complete (${r.length} archive${r.length === 1 ? '' : 's'})` : `${r.chain}: ${r.problem}`,
+    ]),
+  ];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+  return table.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));
+}

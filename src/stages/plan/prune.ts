@@ -3,10 +3,14 @@
 // A kept backup keeps every archive of its chain (its Full and each incremental up to it), so a
 // prune never leaves a kept point unrestorable. What cannot be reasoned about (an unreadable
 // archive, a backup whose chain is already broken) is never removed, and keeps its ancestors.
-import { access } from 'node:fs/promises';
+import { access, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import { chainTo, type ArchiveFile } from './chain.js';
-import { archiveFileName, changelogFileName, legacyChangelogFileName, parseArchiveName } from '../../core/layout.js';
+import { chainTo, scanStore, type ArchiveFile } from './chain.js';
+import { archiveFileName, changelogFileName, formatTime, legacyChangelogFileName, parseArchiveName } from '../../core/layout.js';
+import { SbkError, ExitCode } from '../../core/errors.js';
+import type { Log } from '../../core/log.js';
+import { fsyncDir } from '../../system/atomic.js';
+import { withLock, backupLockFile } from '../../system/lock.js';
 
 export interface KeepPolicy {
   last?: number;
@@ -184,4 +188,73 @@ export async function filesOf(a: ArchiveFile): Promise<string[]> {
   // The sidecars first: a prune cut short leaves an archive without its changelog (as a store
   // cut short may), never a changelog without its archive.
   return [...sidecars, a.path];
+}
+
+export interface PruneOptions {
+  /** NDJSON: one object per backup with its decision, instead of the paths. */
+  json?: boolean;
+  /** Remove the files (under the container's lock of DIR), not only print them. */
+  delete?: boolean;
+  /** --wait: seconds to wait for the lock (Infinity: for ever). */
+  wait?: number;
+  signal: AbortSignal;
+  log: Log;
+  /** Writes one line of output (without its newline), honouring backpressure. */
+  emit: (line: string) => Promise<void>;
+}
+
+/**
+ * `sbk-plan --prune`: the archives (and changelog sidecars) a policy lets go, one path per line in
+ * a safe deletion order; with `delete` they are removed, under the container's lock of DIR.
+ */
+export async function prune(container: string, dir: string, policy: KeepPolicy, o: PruneOptions): Promise<void> {
+  if (!o.delete) return pruneUnlocked(container, dir, policy, o);
+  // The same lock sbk-pack takes to store into DIR: nothing is stored while the plan is made and carried out.
+  await withLock(backupLockFile(dir, container), { holder: `sbk-plan --prune --delete ${container}`, wait: o.wait, signal: o.signal }, () =>
+    pruneUnlocked(container, dir, policy, o),
+  );
+}
+
+async function pruneUnlocked(container: string, dir: string, policy: KeepPolicy, o: PruneOptions): Promise<void> {
+  const all = await scanStore(dir, container, { warn: (m) => o.log.warn(m) });
+  if (!all.some((a) => a.container === container)) throw new SbkError(`no backup of ${container} in ${dir}`, ExitCode.notFound);
+  const plan = planPrune(all, container, policy);
+  for (const d of plan.unrestorable)
+    o.log.warn(`${d.archive.name} cannot be restored (${d.reasons[0]!.replace(/^not restorable: /, '')}); kept, with the archives it may need`);
+  for (const d of plan.decisions) o.log.verbose(`${d.keep ? 'keep' : 'remove'} ${d.archive.name}${d.keep ? ` (${d.reasons.join('; ')})` : ''}`);
+  if (o.json) {
+    for (const d of plan.decisions) {
+      const a = d.archive;
+      await o.emit(
+        JSON.stringify({
+          name: a.name,
+          time: a.time,
+          date: formatTime(a.time),
+          kind: a.full ? 'full' : 'incremental',
+          action: d.keep ? 'keep' : 'remove',
+          reasons: d.reasons,
+          files: d.keep ? [a.path] : await filesOf(a),
+        }),
+      );
+    }
+  }
+  if (!o.delete) {
+    if (!o.json) for (const a of plan.remove) for (const f of await filesOf(a)) await o.emit(f);
+    return;
+  }
+  // Newest first: an incremental goes before its parent, so a prune cut short never leaves an
+  // incremental without its chain. Removed paths are printed as they go.
+  for (const a of plan.remove) {
+    o.signal.throwIfAborted();
+    for (const f of await filesOf(a)) {
+      await unlink(f).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+      if (!o.json) await o.emit(f);
+    }
+    o.log.verbose(`removed ${a.name}`);
+  }
+  if (plan.remove.length) await fsyncDir(dir);
+  const kept = plan.decisions.length - plan.remove.length;
+  o.log.info(`${container}: removed ${plan.remove.length} backup${plan.remove.length === 1 ? '' : 's'}, kept ${kept}`);
 }
