@@ -9,7 +9,7 @@ import type { Manifest } from './archive/manifest.js';
 import { lineError, readJsonLines } from './ndjson.js';
 import { backupName, isValidContainerName, isValidVolumeName } from '../core/layout.js';
 
-export const RECEIPT_FORMAT = 1;
+const RECEIPT_FORMAT = 1;
 
 export interface Receipt {
   sbk: 'receipt';

@@ -127,6 +127,8 @@ function zwrite(z: zlib.InflateRaw, b: Buffer): Promise<void> {
 class GzipMember implements CompressedMember {
   private readonly inflater = zlib.createInflateRaw({ chunkSize: 256 * 1024 });
   readonly plain: Transform;
+  /** Read once: the generator starts reading only when iterated. */
+  readonly raw: AsyncIterable<Buffer> = this.read();
   private crc = 0;
   private size = 0;
   private trailer: Buffer | undefined;
@@ -157,10 +159,6 @@ class GzipMember implements CompressedMember {
 
   private cut(where: string): SbkError {
     return new SbkError(`${this.source}: the gzip stream is cut short ${where} of ${this.label()}`, ExitCode.corrupt);
-  }
-
-  get raw(): AsyncIterable<Buffer> {
-    return this.read();
   }
 
   private async *read(): AsyncGenerator<Buffer> {

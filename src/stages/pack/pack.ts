@@ -56,7 +56,7 @@ export interface PackOptions extends CompressionOptions {
 }
 
 /** The codec named in `opts` (gzip when none is). */
-export function codecOf(opts: { codec?: string }): Codec {
+function codecOf(opts: { codec?: string }): Codec {
   if (opts.codec === undefined) return DEFAULT_CODEC;
   const codec = codecByName(opts.codec);
   if (!codec) throw new SbkError(`unknown compression ${JSON.stringify(opts.codec)}`, ExitCode.usage);
