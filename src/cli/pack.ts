@@ -1,7 +1,8 @@
 // sbk-pack: the tar stream of sbk-send in, gzip archives stored atomically (or -o FILE / -o -).
-import { runCli, refuseBinaryToTerminal, writeOut, makeProgress, PROGRESS_OPTION } from './common.js';
+import { runCli, refuseBinaryToTerminal, writeOut, makeProgress, PROGRESS_OPTION, type Context } from './common.js';
 import { SbkError, ExitCode } from '../core/errors.js';
 import type { Meter } from '../core/progress.js';
+import type { CompressionOptions } from '../stages/pack/pack.js';
 
 interface PackArgs {
   output?: string;
@@ -42,93 +43,96 @@ export function main(argv: string[]): Promise<void> {
               throw new Error('--threads takes a whole number from 1');
             return true;
           }),
-      run: async (args, ctx) => {
-        const [{ packArchives, storeArchives, receiptFor }, { createGzipCompressor }] = await Promise.all([
-          import('../stages/pack/store.js'),
-          import('../formats/codecs/gzip.js'),
-        ]);
-        // Progress per archive: bytes in and out, ratio, rate (read from the compressor's counters).
-        const progress = await makeProgress(ctx, args.progress);
-        const meters = new Map<string, Meter>();
-        const compressor = (level: number, threads?: number, m?: { name: string }) => {
-          const gz = createGzipCompressor({ level, threads });
-          if (progress.enabled && m) {
-            const meter = progress.start(m.name);
-            meter.out = 0;
-            meter.sample = () => {
-              meter.bytes = gz.bytesIn;
-              meter.out = gz.bytesOut;
-            };
-            meters.set(m.name, meter);
-          }
-          return gz;
-        };
-        const finishMeter = (name: string) => {
-          const meter = meters.get(name);
-          meters.delete(name);
-          if (meter) progress.finish(meter);
-        };
-        if (args.store !== undefined) {
-          if (args.store === '') throw new SbkError('--store needs a directory', ExitCode.usage);
-          if (process.stdin.isTTY)
-            throw new SbkError('stdin is a terminal: pipe the output of sbk-pack -o - into sbk-pack --store', ExitCode.usage);
-          const { resolve } = await import('node:path');
-          const { mkdir } = await import('node:fs/promises');
-          const { formatReceipt } = await import('../formats/receipt.js');
-          const dir = resolve(args.store);
-          await mkdir(dir, { recursive: true });
-          const stored = await storeArchives(process.stdin, {
-            dir,
-            level: args.level,
-            threads: args.threads,
-            log: ctx.log,
-            signal: ctx.signal,
-            compressor,
-            // The receipt goes out only once the archive is under its final name, fsynced.
-            onStored: (a) => {
-              finishMeter(a.name);
-              return writeOut(formatReceipt(receiptFor(a)));
-            },
-          }).finally(() => {
-          });
-          if (stored.length === 0) throw new SbkError('the input held no archive', ExitCode.badInput);
-          return;
-        }
-        const target =
-          args.output === '-'
-            ? ({ kind: 'stdout' } as const)
-            : args.output !== undefined
-              ? ({ kind: 'file', path: args.output } as const)
-              : ({ kind: 'store', dirs: ctx.dirs } as const);
-        if (target.kind === 'stdout') refuseBinaryToTerminal('sbk-pack', 'gzip data');
-        if (process.stdin.isTTY)
-          throw new SbkError('stdin is a terminal: pipe the output of sbk-send into sbk-pack', ExitCode.usage);
-        if (target.kind === 'store') {
-          const { mkdir } = await import('node:fs/promises');
-          await mkdir(ctx.dirs.backupDir, { recursive: true });
-        }
-        let pruneFailed = false;
-        const stored = await packArchives(process.stdin, {
-          onPruneError: () => {
-            pruneFailed = true;
-          },
-          target,
-          level: args.level,
-          threads: args.threads,
-          log: ctx.log,
-          signal: ctx.signal,
-          compressor,
-          onStored: async (a) => {
-            finishMeter(a.name);
-            ctx.log.verbose(`${a.name}: ${a.path === '-' ? 'written to stdout' : `stored ${a.path}`} (${a.size} bytes, sha256 ${a.sha256})`);
-            if (target.kind !== 'stdout') await writeOut(a.path + '\n');
-          },
-        });
-        if (stored.length === 0) throw new SbkError('the input held no archive', ExitCode.badInput);
-        // Every archive is stored and confirmed; only removing old snapshot sets failed.
-        if (pruneFailed) return ExitCode.failure;
-      },
+      run: (args, ctx) => (args.store !== undefined ? runStore(args, ctx, args.store) : runPack(args, ctx)),
     },
     argv,
   );
+}
+
+/**
+ * How archives are compressed, with a progress meter per archive: bytes in and out, ratio, rate
+ * (read from the compressor's counters). `done(name)` closes an archive's meter.
+ */
+async function compression(args: PackArgs, ctx: Context): Promise<CompressionOptions & { done(name: string): void }> {
+  const progress = await makeProgress(ctx, args.progress);
+  const meters = new Map<string, Meter>();
+  return {
+    level: args.level,
+    threads: args.threads,
+    onCompress: (m, counters) => {
+      if (!progress.enabled) return;
+      const meter = progress.start(m.name);
+      meter.out = 0;
+      meter.sample = () => {
+        meter.bytes = counters.bytesIn;
+        meter.out = counters.bytesOut;
+      };
+      meters.set(m.name, meter);
+    },
+    done: (name) => {
+      const meter = meters.get(name);
+      meters.delete(name);
+      if (meter) progress.finish(meter);
+    },
+  };
+}
+
+/** --store DIR: archives of `sbk-pack -o -` (or sbk-send) in, one receipt per stored archive out. */
+async function runStore(args: PackArgs, ctx: Context, store: string): Promise<void> {
+  if (store === '') throw new SbkError('--store needs a directory', ExitCode.usage);
+  if (process.stdin.isTTY) throw new SbkError('stdin is a terminal: pipe the output of sbk-pack -o - into sbk-pack --store', ExitCode.usage);
+  const [{ storeArchives }, { formatReceipt, receiptFor }, { resolve }, { mkdir }] = await Promise.all([
+    import('../stages/pack/store.js'),
+    import('../formats/receipt.js'),
+    import('node:path'),
+    import('node:fs/promises'),
+  ]);
+  const { done, ...compress } = await compression(args, ctx);
+  const dir = resolve(store);
+  await mkdir(dir, { recursive: true });
+  const stored = await storeArchives(process.stdin, {
+    ...compress,
+    dir,
+    log: ctx.log,
+    signal: ctx.signal,
+    // The receipt goes out only once the archive is under its final name, fsynced.
+    onStored: (a) => {
+      done(a.name);
+      return writeOut(formatReceipt(receiptFor(a)));
+    },
+  });
+  if (stored.length === 0) throw new SbkError('the input held no archive', ExitCode.badInput);
+}
+
+/** Archives of sbk-send in: stored in the backup directory (and confirmed), or to -o FILE / -o -. */
+async function runPack(args: PackArgs, ctx: Context): Promise<number | void> {
+  const target =
+    args.output === '-'
+      ? ({ kind: 'stdout' } as const)
+      : args.output !== undefined
+        ? ({ kind: 'file', path: args.output } as const)
+        : ({ kind: 'store', dirs: ctx.dirs } as const);
+  if (target.kind === 'stdout') refuseBinaryToTerminal('sbk-pack', 'gzip data');
+  if (process.stdin.isTTY) throw new SbkError('stdin is a terminal: pipe the output of sbk-send into sbk-pack', ExitCode.usage);
+  const [{ packArchives }, { mkdir }] = await Promise.all([import('../stages/pack/pack.js'), import('node:fs/promises')]);
+  const { done, ...compress } = await compression(args, ctx);
+  if (target.kind === 'store') await mkdir(ctx.dirs.backupDir, { recursive: true });
+  let pruneFailed = false;
+  const stored = await packArchives(process.stdin, {
+    ...compress,
+    onPruneError: () => {
+      pruneFailed = true;
+    },
+    target,
+    log: ctx.log,
+    signal: ctx.signal,
+    onStored: async (a) => {
+      done(a.name);
+      ctx.log.verbose(`${a.name}: ${a.path === '-' ? 'written to stdout' : `stored ${a.path}`} (${a.size} bytes, sha256 ${a.sha256})`);
+      if (target.kind !== 'stdout') await writeOut(a.path + '\n');
+    },
+  });
+  if (stored.length === 0) throw new SbkError('the input held no archive', ExitCode.badInput);
+  // Every archive is stored and confirmed; only removing old snapshot sets failed.
+  if (pruneFailed) return ExitCode.failure;
 }

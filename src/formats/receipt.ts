@@ -2,11 +2,14 @@
 // fsynced, under its final name). They travel back through the pipe (over ssh too) to
 // `sbk-snap --confirm`, which marks the snapshot sets confirmed: a set becomes a parent only
 // once its archive is safe where it is kept. Documented in man/sbk.7, RECEIPTS.
+import { hostname } from 'node:os';
+import path from 'node:path';
 import type { Readable } from 'node:stream';
+import type { Manifest } from './archive/manifest.js';
 import { lineError, readJsonLines } from './ndjson.js';
 import { backupName, isValidContainerName, isValidVolumeName } from '../core/layout.js';
 
-export const RECEIPT_FORMAT = 1;
+const RECEIPT_FORMAT = 1;
 
 export interface Receipt {
   sbk: 'receipt';
@@ -38,6 +41,35 @@ export function formatReceipt(r: Receipt): string {
 /** `host:/path`, as scp writes a remote file. */
 export const receiptLocation = (r: Pick<Receipt, 'host' | 'path' | 'name'>) =>
   r.path ? `${r.host ? `${r.host}:` : ''}${r.path}` : r.name;
+
+/** What `sbk-pack --store` knows of an archive it stored. */
+export interface StoredFile {
+  /** Absolute path of the stored file. */
+  path: string;
+  size: number;
+  sha256: string;
+  manifest: Manifest;
+}
+
+/** The receipt of an archive stored by `sbk-pack --store`. */
+export function receiptFor(a: StoredFile, host = hostname()): Receipt {
+  const m = a.manifest;
+  return {
+    sbk: 'receipt',
+    format: RECEIPT_FORMAT,
+    name: m.name,
+    container: m.container,
+    time: m.time,
+    full: m.full,
+    archive: path.basename(a.path),
+    size: a.size,
+    sha256: a.sha256,
+    host,
+    path: a.path,
+    stored: new Date().toISOString(),
+    volumes: m.volumes.map((v) => ({ name: v.name, uuid: v.uuid })),
+  };
+}
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 

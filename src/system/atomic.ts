@@ -7,6 +7,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import type { FileHandle } from 'node:fs/promises';
 import { SbkError, ExitCode } from '../core/errors.js';
+import { endStream } from '../core/streams.js';
 import { isProcessAlive } from './proc.js';
 
 let counter = 0;
@@ -111,8 +112,12 @@ export interface AtomicFile {
   readonly finalPath: string;
   /** A writable stream into the temporary file (backpressure honoured). */
   readonly stream: Writable;
-  /** fsync, then rename into place. `noClobber`: fail if the final name exists. */
-  commit(opts?: { noClobber?: boolean }): Promise<void>;
+  /**
+   * fsync, then rename into place. `noClobber`: fail if the final name exists. `as`: the final
+   * name when it was learnt only while writing (a received archive, named by its manifest);
+   * it must be in the same directory.
+   */
+  commit(opts?: { noClobber?: boolean; as?: string }): Promise<void>;
   /** Removes the temporary file (safe to call after commit: it does nothing then). */
   abort(): Promise<void>;
 }
@@ -142,12 +147,9 @@ export async function createAtomicFile(finalPath: string, mode = 0o644, opts: { 
         cb();
       }, cb);
     },
-    final(cb) {
-      cb();
-    },
   });
   // A failed write (a full disk) is reported to the writer by write()'s and end()'s callbacks,
-  // by writeChunk, or by the pipeline writing into the stream; never as an unheard 'error' event
+  // by writeChunk (core/streams.ts), or by the pipeline writing into the stream; never as an unheard 'error' event
   // that would crash the process before abort() could remove the temporary file.
   stream.on('error', () => {});
   const close = async () => {
@@ -162,24 +164,25 @@ export async function createAtomicFile(finalPath: string, mode = 0o644, opts: { 
     finalPath,
     stream,
     async commit(opts = {}) {
+      const target = opts.as ?? finalPath;
       await behind.settle();
       await fh.sync();
       await close();
       if (opts.noClobber) {
         // link() fails with EEXIST instead of replacing: an existing archive is never overwritten.
         try {
-          await link(tempPath, finalPath);
+          await link(tempPath, target);
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === 'EEXIST')
-            throw new SbkError(`${finalPath} already exists; not overwriting it`, ExitCode.conflict);
+            throw new SbkError(`${target} already exists; not overwriting it`, ExitCode.conflict);
           throw err;
         }
         await unlink(tempPath);
       } else {
-        await rename(tempPath, finalPath);
+        await rename(tempPath, target);
       }
       done = true;
-      await fsyncDir(path.dirname(finalPath));
+      await fsyncDir(path.dirname(target));
     },
     async abort() {
       if (done) return;
@@ -190,39 +193,12 @@ export async function createAtomicFile(finalPath: string, mode = 0o644, opts: { 
   };
 }
 
-/**
- * Writes a chunk into a stream honouring backpressure; rejects when the stream fails (a full
- * disk) before or while its 'drain' is awaited, which would otherwise never come.
- */
-export async function writeChunk(stream: Writable, chunk: Buffer): Promise<void> {
-  if (stream.errored) throw stream.errored;
-  if (stream.write(chunk)) return;
-  await new Promise<void>((resolve, reject) => {
-    const done = (err?: Error | null) => {
-      stream.off('drain', onDrain);
-      stream.off('error', done);
-      stream.off('close', onClose);
-      if (err) reject(err);
-      else resolve();
-    };
-    const onDrain = () => done();
-    const onClose = () => done(stream.errored ?? new Error('the stream was closed while being written'));
-    if (stream.errored || stream.destroyed) return onClose();
-    stream.once('drain', onDrain);
-    stream.once('error', done);
-    stream.once('close', onClose);
-  });
-}
-
 /** Writes a whole small file atomically. */
 export async function writeFileAtomic(finalPath: string, data: string | Buffer, opts: { noClobber?: boolean; mode?: number } = {}) {
   const f = await createAtomicFile(finalPath, opts.mode);
   try {
-    await new Promise<void>((resolve, reject) => {
-      // end()'s callback also reports a failed write: never commit after one.
-      f.stream.end(data, (err?: Error | null) => (err ? reject(err) : resolve()));
-      f.stream.once('error', reject);
-    });
+    f.stream.write(data);
+    await endStream(f.stream); // reports a failed write: never commit after one
     await f.commit({ noClobber: opts.noClobber });
   } catch (err) {
     await f.abort();

@@ -3,14 +3,16 @@
 // manifest) without decompressing the deltas.
 import { createReadStream } from 'node:fs';
 import { pipeline, type Readable } from 'node:stream';
-import zlib from 'node:zlib';
-import { readArchives, type Manifest } from './archive.js';
+import { readArchives } from './reader.js';
+import type { Manifest } from './manifest.js';
+import { streamFault } from './faults.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
+import { codecForMagic } from '../codecs/codec.js';
 import { peekStream, sniff, describeKind } from '../input.js';
 
 /**
- * Opens an archive file as an uncompressed tar stream: gzip (what sbk-pack stores) is
- * decompressed, a plain tar is passed through, anything else is refused by its first bytes.
+ * Opens an archive file as an uncompressed tar stream: a compressed one (what sbk-pack stores)
+ * is decompressed by the codec its first bytes name, a plain tar is passed through, anything else is refused by its first bytes.
  * Destroying the returned stream closes the file.
  */
 export async function openArchiveFile(file: string): Promise<Readable> {
@@ -30,7 +32,7 @@ export async function openArchiveFile(file: string): Promise<Readable> {
   return openArchiveStream(input, file);
 }
 
-/** The same for a stream (stdin): gzip or plain tar, told apart by the first bytes. */
+/** The same for a stream (stdin): compressed or plain tar, told apart by the first bytes. */
 export async function openArchiveStream(input: Readable, source: string): Promise<Readable> {
   let head: Buffer;
   let stream: Readable;
@@ -42,38 +44,35 @@ export async function openArchiveStream(input: Readable, source: string): Promis
   }
   const kind = sniff(head);
   if (kind === 'tar') return stream;
-  if (kind !== 'gzip') {
+  const codec = codecForMagic(head);
+  if (!codec) {
     stream.destroy();
     throw new SbkError(
       kind === 'empty' ? `${source} is empty` : `${source} is not an sbk archive (it holds ${describeKind[kind]})`,
       ExitCode.badInput,
     );
   }
-  // Node's gunzip reads concatenated gzip members (`cat a.tar.gz b.tar.gz`) as one stream.
-  const gunzip = zlib.createGunzip({ chunkSize: 256 * 1024 });
-  // Errors of either end reach the gunzip stream, which readArchives listens to; destroying
-  // the gunzip stream closes the input.
-  pipeline(stream, gunzip, () => {});
-  return gunzip;
+  // The decompressor reads concatenated members (`cat a.tar.gz b.tar.gz`) as one stream.
+  const plain = codec.decompress();
+  // Errors of either end reach the decompressor, which readArchives listens to; destroying it
+  // closes the input.
+  pipeline(stream, plain, () => {});
+  return plain;
 }
 
 /**
  * A read error as a one-line user error. Errors met while an entry's body is consumed do not
- * pass through readArchives' own mapping, so gzip and tar faults are named here too.
+ * pass through readArchives' own mapping, so compression and tar faults are named here too.
  */
 export function readError(err: unknown, source: string): unknown {
   if (err instanceof SbkError || !(err instanceof Error)) return err;
-  const code = (err as NodeJS.ErrnoException).code ?? '';
-  const msg = err.message;
-  if (code.startsWith('Z_') || /incorrect header check|invalid (block type|stored block|distance|code)|unexpected end of file/i.test(msg))
-    return new SbkError(`${source}: the gzip data is corrupt or cut short (${msg})`, ExitCode.corrupt, { cause: err });
-  if (/unexpected end|premature close|invalid tar header|checksum/i.test(msg))
-    return new SbkError(`${source}: the tar stream is corrupt or cut short (${msg})`, ExitCode.corrupt, { cause: err });
+  const fault = streamFault(err);
+  if (fault?.kind === 'codec')
+    return new SbkError(`${source}: the ${fault.codec} data is corrupt or cut short (${err.message})`, ExitCode.corrupt, { cause: err });
+  if (fault?.kind === 'tar')
+    return new SbkError(`${source}: the tar stream is corrupt or cut short (${err.message})`, ExitCode.corrupt, { cause: err });
   return err;
 }
-
-// ---------------------------------------------------------------------------------------------
-// The store
 
 /**
  * Reads an archive's first tar entry only: the manifest of an sbk archive, or the first file

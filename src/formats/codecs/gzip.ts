@@ -7,6 +7,9 @@
 import { Duplex } from 'node:stream';
 import { availableParallelism } from 'node:os';
 import zlib from 'node:zlib';
+import type { Codec, CodecCounters } from './codec.js';
+import { crc32 } from './crc32.js';
+import { gzipMembers } from './gzip-members.js';
 
 export interface GzipOptions {
   /** zlib level 1..9 (default 6, like gzip). */
@@ -20,9 +23,9 @@ export interface GzipOptions {
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const WINDOW = 32 * KiB; // deflate's maximum match distance: all a block can refer back to
-export const DEFAULT_BLOCK_SIZE = MiB;
+const DEFAULT_BLOCK_SIZE = MiB;
 export const MIN_BLOCK_SIZE = 128 * KiB;
-export const MAX_BLOCK_SIZE = 8 * MiB;
+const MAX_BLOCK_SIZE = 8 * MiB;
 
 /**
  * One block more than there are cores: a core would otherwise idle while the main thread
@@ -31,33 +34,10 @@ export const MAX_BLOCK_SIZE = 8 * MiB;
  * reads and writes feeding and draining the compressor, which share that pool, always find
  * a free thread.
  */
-export function defaultThreads(): number {
+function defaultThreads(): number {
   const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
   return Math.max(1, Math.min(availableParallelism() + 1, pool - 1));
 }
-
-// ---- CRC-32 ------------------------------------------------------------------------------
-// zlib.crc32 (Node >= 20.15) is native and fast; the table version only covers older Nodes.
-type Crc32 = (data: Uint8Array, prev: number) => number;
-const nativeCrc32 = (zlib as { crc32?: Crc32 }).crc32;
-
-let table: Int32Array | undefined;
-/** Exported for tests only. */
-export function jsCrc32(data: Uint8Array, prev: number): number {
-  if (!table) {
-    table = new Int32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      table[n] = c;
-    }
-  }
-  let c = ~prev;
-  for (let i = 0; i < data.length; i++) c = table[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
-  return ~c >>> 0;
-}
-
-export const crc32: Crc32 = nativeCrc32 ? (d, p) => nativeCrc32(d, p) : jsCrc32;
 
 // ---- gzip framing ------------------------------------------------------------------------
 /** The 10-byte header `gzip -n` writes: no name, mtime 0, OS 3 (Unix); XFL as zlib sets it. */
@@ -250,18 +230,28 @@ class ParallelGzip extends Duplex {
   }
 }
 
-/** The compressor's counters, for progress. */
-export interface GzipCounters {
-  readonly bytesIn: number;
-  readonly bytesOut: number;
-}
-
 /** A Duplex that gzips what is written to it, using several cores; output is one gzip member. */
-export function createGzipCompressor(opts: GzipOptions = {}): Duplex & GzipCounters {
+export function createGzipCompressor(opts: GzipOptions = {}): Duplex & CodecCounters {
   return new ParallelGzip(opts);
 }
 
-/** Decompresses any gzip stream (single- or multi-member). */
+/**
+ * Decompresses any gzip stream: Node's gunzip reads concatenated members (`cat a.tar.gz
+ * b.tar.gz`) as one stream.
+ */
 export function createGunzip(): zlib.Gunzip {
-  return zlib.createGunzip();
+  return zlib.createGunzip({ chunkSize: 256 * 1024 });
 }
+
+export const gzipCodec = {
+  name: 'gzip',
+  suffix: '.tar.gz',
+  magic: Buffer.from([0x1f, 0x8b]),
+  description: 'gzip-compressed data (an sbk archive? sbk-pack output?)',
+  compress: (opts) => createGzipCompressor(opts),
+  decompress: createGunzip,
+  isDataError: (err) =>
+    ((err as NodeJS.ErrnoException).code ?? '').startsWith('Z_') ||
+    /incorrect header check|invalid (block|stored|distance|code)|unexpected end of file/i.test(err.message),
+  members: gzipMembers,
+} as const satisfies Codec;

@@ -1,0 +1,88 @@
+// The compression formats sbk reads and writes, behind one interface, and their registry. A
+// stage never names a format's library: it asks for a codec by name (sbk-pack's compressor) or by
+// the first bytes of its input (opening an archive, sniffing stdin). Adding a format is one module
+// exporting a Codec plus its line in `codecs` below.
+import type { Duplex, Readable } from 'node:stream';
+import { gzipCodec } from './gzip.js';
+
+export interface CompressOptions {
+  /** Compression level (the codec's own scale; gzip: 1..9). */
+  level?: number;
+  /** Worker threads, for codecs that compress in parallel. */
+  threads?: number;
+}
+
+/** A compressor's counters, for progress (read them; callers never count per chunk). */
+export interface CodecCounters {
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+}
+
+/**
+ * One compressed member of a stream of concatenated members (one per archive), as `sbk-pack
+ * --store` receives it: the member's own bytes are kept as they come, its content is read and
+ * verified on the way.
+ */
+export interface CompressedMember {
+  /** The member's decompressed bytes. */
+  readonly plain: Readable;
+  /**
+   * The member's bytes exactly as read (header, compressed data, trailer), to be stored as they
+   * come; throws an SbkError when the stream is cut short or corrupt.
+   */
+  readonly raw: AsyncIterable<Buffer>;
+  /** Once `raw` and `plain` were read whole: throws unless the member's own check (gzip: CRC-32 and length) passes. */
+  check(): void;
+  /** Stops decompressing; with an error, the reader of `plain` hears of it. */
+  destroy(err?: Error): void;
+}
+
+export interface MemberReader {
+  /**
+   * The next member, or undefined at the end of the input. `name()` gives the name of the
+   * member's archive once it is known, for messages.
+   */
+  next(name: () => string | undefined): Promise<CompressedMember | undefined>;
+  /** Stops reading the input. */
+  destroy(): void;
+}
+
+export interface Codec {
+  /** As given to sbk-pack and told in messages ('gzip'). */
+  readonly name: string;
+  /** The suffix of a compressed archive's file name ('.tar.gz'). */
+  readonly suffix: string;
+  /** The first bytes of every compressed stream of this format. */
+  readonly magic: Buffer;
+  /** How input of this format is described in messages (see formats/input.ts). */
+  readonly description: string;
+  /** A Duplex: bytes in, one compressed member out. */
+  compress(opts: CompressOptions): Duplex & CodecCounters;
+  /** A Duplex: compressed bytes in (any number of concatenated members), the content out. */
+  decompress(): Duplex;
+  /** True for the errors of a corrupt or cut compressed stream (as opposed to I/O errors). */
+  isDataError(err: Error): boolean;
+  /** Splits a stream of concatenated members, for `sbk-pack --store`. */
+  members(input: Readable, source: string): MemberReader;
+}
+
+/** Every codec, the default (what sbk-pack writes unless told otherwise) first. */
+export const codecs = [gzipCodec] as const satisfies readonly Codec[];
+
+export type CodecName = (typeof codecs)[number]['name'];
+
+export const DEFAULT_CODEC: Codec = gzipCodec;
+
+export function codecByName(name: string): Codec | undefined {
+  return codecs.find((c) => c.name === name);
+}
+
+/** The codec whose magic bytes `head` starts with, if any. */
+export function codecForMagic(head: Buffer): Codec | undefined {
+  return codecs.find((c) => head.length >= c.magic.length && head.subarray(0, c.magic.length).equals(c.magic));
+}
+
+/** The codec a read error belongs to, when it is one of a corrupt or cut compressed stream. */
+export function codecOfDataError(err: Error): Codec | undefined {
+  return codecs.find((c) => c.isDataError(err));
+}
