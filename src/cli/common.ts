@@ -6,6 +6,7 @@ import type { Argv } from 'yargs';
 import { readFileSync } from 'node:fs';
 import { ExitCode, SbkError, describeSystemError, isBrokenPipe } from '../core/errors.js';
 import { Log } from '../core/log.js';
+import { waitForDrain } from '../core/streams.js';
 import { resolveDirs, type Dirs } from '../core/layout.js';
 
 export interface CommonArgs {
@@ -290,26 +291,8 @@ export function refuseBinaryToTerminal(prog: string, what: string): void {
 
 /** Writes to stdout honouring backpressure; waiting for a slow reader stops when `signal` aborts. */
 export async function writeOut(chunk: string | Uint8Array, signal?: AbortSignal): Promise<void> {
-  if (!process.stdout.write(chunk)) {
-    await new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        process.stdout.off('drain', ok);
-        process.stdout.off('error', done);
-        process.stdout.off('close', closed);
-        signal?.removeEventListener('abort', aborted);
-        if (err) reject(err);
-        else resolve();
-      };
-      const ok = () => done();
-      const closed = () => done(Object.assign(new Error('stdout closed'), { code: 'EPIPE' }));
-      const aborted = () => done(signal!.reason as Error);
-      if (signal?.aborted) return aborted();
-      process.stdout.once('drain', ok);
-      process.stdout.once('error', done);
-      process.stdout.once('close', closed);
-      signal?.addEventListener('abort', aborted, { once: true });
-    });
-  }
+  if (!process.stdout.write(chunk))
+    await waitForDrain(process.stdout, { signal, closedError: () => Object.assign(new Error('stdout closed'), { code: 'EPIPE' }) });
 }
 
 /** `--wait[=SECONDS]`: wait for a lock another run holds (for ever without a number). */

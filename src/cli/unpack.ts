@@ -31,8 +31,8 @@ async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') throw new SbkError(`${p}: no such archive`, ExitCode.notFound);
-      // The file may well be there: a directory on its path is closed to this user.
-      if (code === 'EACCES' || code === 'EPERM') throw new SbkError(`${p}: permission denied`, ExitCode.failure, { cause: err });
+      // Other errors (EACCES: the file may well be there, a directory on its path is closed to
+      // this user) in the one wording per errno.
       throw describeSystemError(err, p) ?? new SbkError(`${p}: cannot read (${(err as Error).message})`, ExitCode.failure, { cause: err });
     }
     if (!st.isFile()) throw new SbkError(`${p} is not a regular file`, ExitCode.badInput);

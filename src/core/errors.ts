@@ -53,7 +53,7 @@ export function describeSystemError(err: unknown, what?: string): SbkError | und
       return new SbkError(`${prefix}no such file or directory`, ExitCode.notFound, { cause: err });
     case 'EACCES':
     case 'EPERM':
-      return new SbkError(`${prefix}permission denied (sbk needs root for btrfs operations)`, ExitCode.failure, { cause: err });
+      return new SbkError(`${prefix}permission denied`, ExitCode.failure, { cause: err });
     case 'EROFS':
       return new SbkError(`${prefix}read-only file system`, ExitCode.failure, { cause: err });
     case 'EIO':

@@ -8,24 +8,25 @@ import { Writable } from 'node:stream';
 import type { FileHandle } from 'node:fs/promises';
 import { SbkError, ExitCode } from '../core/errors.js';
 import { endStream } from '../core/streams.js';
+import { TEMP_FILE_RE, tempFileName } from '../core/layout.js';
 import { isProcessAlive } from './proc.js';
 
 let counter = 0;
 
 export function tempNameFor(finalPath: string): string {
-  return path.join(path.dirname(finalPath), `.${path.basename(finalPath)}.tmp-${process.pid}-${counter++}`);
+  return path.join(path.dirname(finalPath), tempFileName(path.basename(finalPath), counter++));
 }
 
 /** True for names `tempNameFor` makes (so clean-up can find leftovers of killed runs). */
 export function isTempName(name: string): boolean {
-  return /^\..+\.tmp-\d+-\d+$/.test(name);
+  return TEMP_FILE_RE.test(name);
 }
 
 /** Removes temporary files in `dir` left by runs that were killed (their process is gone). */
 export async function removeStaleTemps(dir: string, opts: { minAgeMs?: number } = {}): Promise<string[]> {
   const removed: string[] = [];
   for (const name of await readdir(dir).catch(() => [] as string[])) {
-    const m = /^\..+\.tmp-(\d+)-\d+$/.exec(name);
+    const m = TEMP_FILE_RE.exec(name);
     if (!m || isProcessAlive(Number(m[1]))) continue;
     if (opts.minAgeMs) {
       const st = await stat(path.join(dir, name)).catch(() => undefined);

@@ -149,15 +149,5 @@ export async function withLock<T>(file: string, opts: LockOptions, fn: () => Pro
   }
 }
 
-/** Lock of a container's backups (snapshot sets, archives, pruning) in a backup dir. */
-export const backupLockFile = (backupDir: string, container: string) => path.join(backupDir, '.locks', `${container}.lock`);
-/**
- * Lock of the restores of one chain in an LXC dir, named by its container and Full (sanitized:
- * an original-layout archive may be named by its path).
- */
-export const chainLockFile = (lxcDir: string, container: string, full: string) => {
-  const safe = (s: string) => s.replace(/[^A-Za-z0-9_.+-]/g, '_').slice(0, 120);
-  return path.join(lxcDir, '.sbk-locks', 'chains', `${safe(container)}@${safe(path.basename(full))}.lock`);
-};
-/** Lock of a restore target in an LXC dir. */
-export const restoreLockFile = (lxcDir: string, name: string) => path.join(lxcDir, '.sbk-locks', `${name}.lock`);
+// The lock files' names and places are in core/layout.ts, with every other on-disk name.
+export { backupLockFile, chainLockFile, restoreLockFile } from '../core/layout.js';

@@ -11,6 +11,7 @@ import { isSubvolume, receive } from '../../system/btrfs.js';
 import { ReceiveGuard, SendStreamReader } from '../../formats/sendstream/reader.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
+import { waitForDrain } from '../../core/streams.js';
 import type { RestoreInput, RestoreProgress } from './input.js';
 
 /** Checks one volume's send stream as it passes. `end()` throws if the stream is incomplete. */
@@ -53,20 +54,7 @@ export class Guards {
 /** Waits until `w` can take more, failing if it is closed or broken meanwhile. */
 function drained(w: Writable): Promise<void> {
   if (w.destroyed || w.writableEnded) return Promise.reject(Object.assign(new Error('write after end'), { code: 'EPIPE' }));
-  return new Promise((resolve, reject) => {
-    const done = (err?: Error) => {
-      w.off('drain', onDrain);
-      w.off('error', done);
-      w.off('close', onClose);
-      if (err) reject(err);
-      else resolve();
-    };
-    const onDrain = () => done();
-    const onClose = () => done(Object.assign(new Error('the stream closed'), { code: 'EPIPE' }));
-    w.once('drain', onDrain);
-    w.once('error', done);
-    w.once('close', onClose);
-  });
+  return waitForDrain(w, { closedError: () => Object.assign(new Error('the stream closed'), { code: 'EPIPE' }) });
 }
 
 /** The archive being received: its name, its directory (r<n>/) and what it made so far. */

@@ -9,7 +9,6 @@
 // chain was received and verified. Which archive may follow which is links.ts's followProblem.
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 import { readArchives, type ArchiveEntry } from '../../formats/archive/archive.js';
 import { readError } from '../../formats/archive/open.js';
 import { chainId, type ChainId } from '../../formats/archive/links.js';

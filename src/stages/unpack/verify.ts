@@ -6,6 +6,7 @@ import { readArchives } from '../../formats/archive/archive.js';
 import { readError } from '../../formats/archive/open.js';
 import { SbkError } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
+import { formatBytes } from '../../core/progress.js';
 import { Guards, sendStreamCheck, type StreamCheck } from './receive.js';
 import type { RestoreInput, RestoreProgress } from './input.js';
 
@@ -15,8 +16,6 @@ export interface VerifyOptions {
   progress?: RestoreProgress;
 }
 
-const human = (n: number) =>
-  n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(1)} GiB` : n >= 1024 ** 2 ? `${(n / 1024 ** 2).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
 
 /**
  * Reads every archive whole, as a restore would, but writes nothing. Returns the number of
@@ -102,13 +101,13 @@ async function verifyStream(input: RestoreInput, tarStream: Readable, guards: Gu
       } else if (e.role === 'trailer') {
         endVolume();
         good();
-        log.info(`${name}: ok (${summary()}, ${human(bytes)} of send streams)`);
+        log.info(`${name}: ok (${summary()}, ${formatBytes(bytes)} of send streams)`);
       }
     }
     if (legacy) {
       endVolume();
       good();
-      log.info(`${name}: read whole (${summary()}, ${human(bytes)}), no checksums to check`);
+      log.info(`${name}: read whole (${summary()}, ${formatBytes(bytes)}), no checksums to check`);
     }
   } finally {
     signal.removeEventListener('abort', onAbort);

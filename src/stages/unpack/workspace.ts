@@ -17,11 +17,9 @@ import { exists, fsyncDir } from '../../system/atomic.js';
 import { refuseIfActive } from '../../system/lxc.js';
 import { isProcessAlive } from '../../system/proc.js';
 import { SbkError, ExitCode, describeSystemError } from '../../core/errors.js';
-import { checkContainerName } from '../../core/layout.js';
+import { RESTORE_TEMP_RE, checkContainerName, restoreTempDirName } from '../../core/layout.js';
 import type { Log } from '../../core/log.js';
 
-const TEMP_PREFIX = '.sbk-restore-';
-const TEMP_RE = /^\.sbk-restore-(.+)-(\d+)$/;
 
 interface WorkspaceOptions {
   lxcDir: string;
@@ -88,7 +86,7 @@ export class Workspace {
       wait: this.opts.lockWait,
       signal,
     });
-    const tmp = path.join(lxcDir, `${TEMP_PREFIX}${name}-${process.pid}`);
+    const tmp = path.join(lxcDir, restoreTempDirName(name));
     await mkdir(tmp, { mode: 0o700 });
     this.tmp = tmp;
   }
@@ -212,7 +210,7 @@ async function sweep(opts: WorkspaceOptions, name: string): Promise<void> {
   const { lxcDir, log, signal } = opts;
   const dead = new Map<string, string[]>();
   for (const n of await readdir(lxcDir)) {
-    const m = TEMP_RE.exec(n);
+    const m = RESTORE_TEMP_RE.exec(n);
     if (!m || isProcessAlive(Number(m[2]))) continue;
     try {
       checkContainerName(m[1]!);
