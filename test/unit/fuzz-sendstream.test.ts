@@ -25,7 +25,9 @@ import {
   type SendStreamSummary,
 } from '../../src/formats/sendstream/reader.js';
 import { streamHeader as header, command, tlv } from '../helpers/sendstream-builder.js';
-import { modelFromStream, changesFromModel, formatChangelog, parseChangelogLine, toLines } from '../../src/stages/changelog/changelog.js';
+import { changesFromModel } from '../../src/stages/changelog/changelog.js';
+import { modelFromStream } from '../../src/stages/changelog/model.js';
+import { formatChangelog, parseChangelogLine, toLines } from '../../src/formats/changelog-lines.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 const FIX = new URL('../fixtures/sendstream/', import.meta.url);
