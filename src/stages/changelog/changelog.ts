@@ -137,7 +137,7 @@ export async function changesByStream(oldSnap: string | null, newSnap: string, o
  * `btrfs send --no-data`, replayed and lstat'ed path by path, took 8–12 s and rsync about 1 s,
  * the walk 0.02–0.4 s (bench/changelog.mjs, idle and loaded 2-core box).
  */
-export async function changesAllAdded(root: string, opts: ChangelogOptions = {}): Promise<Change[]> {
+async function changesAllAdded(root: string, opts: ChangelogOptions = {}): Promise<Change[]> {
   const out: Change[] = [{ action: 'added', rel: '', dir: true }];
   const rootBytes = Buffer.from(root, 'utf8');
   const stack = [''];

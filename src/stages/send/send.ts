@@ -266,7 +266,7 @@ function abbreviate(p: string): string {
  * fails on with ENAMETOOLONG. Run only after such a failure: GNU find walks trees of any depth
  * (relative opens), where node's fs calls fail on the long paths themselves.
  */
-export async function findLongPath(snap: string, signal?: AbortSignal): Promise<string | undefined> {
+async function findLongPath(snap: string, signal?: AbortSignal): Promise<string | undefined> {
   const { spawn } = await import('node:child_process');
   const child = spawn('find', ['.', '-xdev', '-print0'], { cwd: snap, stdio: ['ignore', 'pipe', 'ignore'], signal });
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
