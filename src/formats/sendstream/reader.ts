@@ -103,7 +103,8 @@ export interface SendStreamSummary {
 }
 
 export interface ReaderOptions {
-  /** 'all': decode every command; 'first': only the first (SUBVOL/SNAPSHOT), for the verifier. */
+  /** 'all': decode every command; 'first': only the first (SUBVOL/SNAPSHOT), to verify a stream
+   *  (CRCs, framing, END) at the least cost. */
   decode?: 'all' | 'first';
   /** Keep WRITE/ENCODED_WRITE data (copied when a command spans input chunks). Default false. */
   wantData?: boolean;

@@ -2,7 +2,8 @@
 // renamed, removed or changed, by their old path and by their new one.
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { escapePath } from '../../formats/changelog-lines.js';
-import { Cmd, readSendStream, type SendCommand, type Timespec } from '../../formats/sendstream/reader.js';
+import { Cmd } from '../../formats/sendstream/constants.js';
+import { readSendStream, type SendCommand, type Timespec } from '../../formats/sendstream/reader.js';
 import { join, type Kind } from './view.js';
 
 /**
