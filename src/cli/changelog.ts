@@ -1,26 +1,10 @@
 // sbk-changelog: adds the changelog (paths added, modified, deleted since the previous backup)
 // to each backup record passing from sbk-snap to sbk-send. See man/sbk-changelog.1.
 import path from 'node:path';
-import { lstat } from 'node:fs/promises';
 import { runCli, writeOut, type CliSpec, type Context } from './common.js';
-import { SbkError, ExitCode, usageError } from '../core/errors.js';
-import { readRecords, formatRecord, type BackupRecord } from '../formats/record.js';
-import { SET_CHANGELOG } from '../core/layout.js';
-import { createAtomicFile, exists } from '../system/atomic.js';
-import type { ChangelogLine, ChangelogOptions, Method } from '../stages/changelog/changelog.js';
-
-// The work's modules (execa, the send-stream parser) are loaded for a real run only: --help
-// answers without them (see runCli).
-let requireSubvolume: typeof import('../system/btrfs.js').requireSubvolume;
-let changesBetween: typeof import('../stages/changelog/changelog.js').changesBetween;
-let changesFromModel: typeof import('../stages/changelog/changelog.js').changesFromModel;
-let modelFromStream: typeof import('../stages/changelog/changelog.js').modelFromStream;
-let toLines: typeof import('../stages/changelog/changelog.js').toLines;
-let formatChangelog: typeof import('../stages/changelog/changelog.js').formatChangelog;
-async function loadWork(): Promise<void> {
-  ({ requireSubvolume } = await import('../system/btrfs.js'));
-  ({ changesBetween, changesFromModel, modelFromStream, toLines, formatChangelog } = await import('../stages/changelog/changelog.js'));
-}
+import { usageError } from '../core/errors.js';
+import { formatRecord } from '../formats/record.js';
+import type { ChangelogOptions, Method } from '../stages/changelog/changelog.js';
 
 interface Args {
   method: Method;
@@ -30,91 +14,25 @@ interface Args {
   mount?: string;
 }
 
-async function requireDir(p: string, what: string): Promise<void> {
-  let st;
-  try {
-    st = await lstat(p);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new SbkError(`${what} ${p} does not exist`, ExitCode.notFound);
-    throw err;
+// The work's modules (execa, the send-stream parser) are loaded for a real run only: --help
+// answers without them (see runCli).
+async function run(args: Args, ctx: Context, spec: CliSpec<Args>): Promise<void> {
+  const work = await import('../stages/changelog/records.js');
+  const opts: ChangelogOptions = { allChanges: args.allChanges, signal: ctx.signal, warn: (m) => ctx.log.warn(m) };
+  if (args.between) {
+    // A listing: a reader that stops early (`| head`) is not an error.
+    spec.brokenPipeIsOk = true;
+    const [oldSnap, newSnap] = args.between.map((p) => path.resolve(p));
+    return writeOut(await work.changelogBetween(args.method, oldSnap!, newSnap!, args.mount ?? '/', opts));
   }
-  if (!st.isDirectory()) throw new SbkError(`${what} ${p} is not a directory`, ExitCode.badInput);
-}
-
-/** Checks a snapshot argument for the method: the stream method needs BTRFS subvolumes. */
-async function requireSnapshot(method: Method, p: string, what: string): Promise<void> {
-  if (method === 'stream') await requireSubvolume(p, what);
-  else await requireDir(p, what);
-}
-
-async function writeChangelogFile(file: string, text: string): Promise<void> {
-  const f = await createAtomicFile(file);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      f.stream.once('error', reject);
-      f.stream.end(text, () => resolve());
-    });
-    await f.commit();
-  } catch (err) {
-    await f.abort();
-    throw err;
+  if (args.fromStream) {
+    spec.brokenPipeIsOk = true;
+    if (process.stdin.isTTY) throw usageError('stdin is a terminal: pipe a btrfs send stream in (btrfs send … | sbk-changelog --from-stream)');
+    return writeOut(await work.changelogOfStream(process.stdin, args.mount ?? '/', opts));
   }
-}
-
-/**
- * The changelog lines of one record: every volume against the same volume of `previous`; with no
- * previous backup (a first Full), every path of every volume as added, so that the changelogs
- * together name every backup that touched a path.
- */
-async function recordChangelog(r: BackupRecord, args: Args, ctx: Context, opts: ChangelogOptions): Promise<ChangelogLine[]> {
-  const prev = r.previous;
-  if (prev && !(await exists(prev.set)))
-    throw new SbkError(`${r.name}: the previous snapshot set ${prev.set} does not exist`, ExitCode.notFound);
-  const lines: ChangelogLine[] = [];
-  for (const vol of r.volumes) {
-    const old = prev ? path.join(prev.set, vol.name) : null;
-    const hasOld = old !== null && (await exists(old));
-    if (hasOld) await requireSnapshot(args.method, old, 'previous snapshot');
-    await requireSnapshot(args.method, vol.snapshot, 'snapshot');
-    ctx.log.verbose(`${r.name}: ${vol.name}: ${hasOld ? `changes since ${prev!.name}` : prev ? `new volume, every path added` : `first backup, every path added`} (${args.method})`);
-    const changes = await changesBetween(args.method, hasOld ? old : null, vol.snapshot, opts);
-    lines.push(...toLines(changes, vol.mount));
-  }
-  return lines;
-}
-
-async function runFilter(args: Args, ctx: Context, opts: ChangelogOptions): Promise<void> {
   if (process.stdin.isTTY)
     throw usageError('stdin is a terminal: pipe backup records into sbk-changelog (sbk-snap c1 | sbk-changelog | …)');
-  let count = 0;
-  for await (const r of readRecords(process.stdin)) {
-    if (ctx.signal.aborted) throw ctx.signal.reason;
-    count++;
-    const lines = await recordChangelog(r, args, ctx, opts);
-    const file = path.join(r.set, SET_CHANGELOG);
-    await writeChangelogFile(file, formatChangelog(lines));
-    r.changelog = file;
-    ctx.log.info(`${r.name}: ${lines.length} change(s) since ${r.previous ? r.previous.name : 'nothing (first backup: every path added)'}`);
-    await writeOut(formatRecord(r));
-  }
-  // Nothing at all: sbk-snap failed (its message says why). Still a failure, so that a plain
-  // `sh` pipe (no pipefail) does not end in success.
-  if (count === 0) throw new SbkError('no input (did the stage before fail?): expected backup records (sbk-snap output) on stdin', ExitCode.badInput);
-}
-
-async function runBetween(args: Args, ctx: Context, opts: ChangelogOptions): Promise<void> {
-  const [oldSnap, newSnap] = args.between!.map((p) => path.resolve(p));
-  await requireSnapshot(args.method, oldSnap!, 'old snapshot');
-  await requireSnapshot(args.method, newSnap!, 'new snapshot');
-  const changes = await changesBetween(args.method, oldSnap!, newSnap!, opts);
-  await writeOut(formatChangelog(toLines(changes, args.mount ?? '/')));
-}
-
-async function runFromStream(args: Args, _ctx: Context, opts: ChangelogOptions): Promise<void> {
-  if (process.stdin.isTTY) throw usageError('stdin is a terminal: pipe a btrfs send stream in (btrfs send … | sbk-changelog --from-stream)');
-  const model = await modelFromStream(process.stdin);
-  const changes = await changesFromModel(model, undefined, opts);
-  await writeOut(formatChangelog(toLines(changes, args.mount ?? '/')));
+  await work.addChangelogs(process.stdin, { ...opts, method: args.method, log: ctx.log, emit: (r) => writeOut(formatRecord(r)) });
 }
 
 export function main(argv: string[]): Promise<void> {
@@ -166,16 +84,7 @@ export function main(argv: string[]): Promise<void> {
           if (a.mount !== undefined && !a.mount.startsWith('/')) throw new Error('--mount must be an absolute path, like /var');
           return true;
         }) as never,
-    run: async (args, ctx) => {
-      await loadWork();
-      const opts: ChangelogOptions = { allChanges: args.allChanges, signal: ctx.signal, warn: (m) => ctx.log.warn(m) };
-      if (args.between || args.fromStream) {
-        // A listing: a reader that stops early (`| head`) is not an error.
-        spec.brokenPipeIsOk = true;
-        return args.between ? runBetween(args, ctx, opts) : runFromStream(args, ctx, opts);
-      }
-      return runFilter(args, ctx, opts);
-    },
+    run: (args, ctx) => run(args, ctx, spec),
   };
   return runCli(spec, argv);
 }

@@ -54,7 +54,7 @@ async function candidatePaths(lxcDir: string, name: string, sockets: string[]): 
  * config LXC cannot load (edited since it started) but whose command socket is bound is
  * reported as RUNNING: it is there, whatever its config says now.
  */
-export async function lxcContainerState(lxcDir: string, name: string, signal?: AbortSignal): Promise<LxcStateAnswer | undefined> {
+async function lxcContainerState(lxcDir: string, name: string, signal?: AbortSignal): Promise<LxcStateAnswer | undefined> {
   const sockets = await abstractSockets();
   let found: LxcStateAnswer | undefined;
   for (const p of await candidatePaths(lxcDir, name, sockets)) {
@@ -82,7 +82,7 @@ export async function lxcContainerState(lxcDir: string, name: string, signal?: A
 }
 
 /** Any state but STOPPED: the container's volumes are (or are about to be) in use. */
-export const isActive = (a: LxcStateAnswer | undefined): a is LxcStateAnswer => a !== undefined && a.state !== 'STOPPED';
+const isActive = (a: LxcStateAnswer | undefined): a is LxcStateAnswer => a !== undefined && a.state !== 'STOPPED';
 
 /**
  * Throws (exit 6, conflict) while LXC reports container `name` of `lxcDir` anything but STOPPED:

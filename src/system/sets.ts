@@ -118,7 +118,7 @@ export interface Confirmation {
 }
 
 /** Marks a set as a valid parent: its archive is stored. */
-export async function confirmSet(set: string, c: Confirmation): Promise<void> {
+async function confirmSet(set: string, c: Confirmation): Promise<void> {
   await writeFileAtomic(path.join(set, CONFIRMED_MARKER), JSON.stringify(c) + '\n');
 }
 
@@ -158,7 +158,7 @@ export interface SetRun {
   keepSnapshots?: number;
 }
 
-export async function readRun(set: string): Promise<SetRun | undefined> {
+async function readRun(set: string): Promise<SetRun | undefined> {
   try {
     const v = JSON.parse(await readFile(path.join(set, RUN_FILE), 'utf8')) as SetRun;
     return v && v.sbk === 'run' ? v : undefined;
@@ -196,9 +196,29 @@ export interface ConfirmOptions {
 }
 
 /**
+ * What confirming a set did: the sets pruned after it, and a failed prune. A failed prune does
+ * not undo the confirmation: it travels back as `pruneError`, always an SbkError naming the
+ * container (made by pruneAfterConfirm only), for the caller to report.
+ */
+export interface ConfirmResult {
+  removed: string[];
+  pruneError?: SbkError;
+}
+
+/** pruneSets for a set just confirmed: its failure returned as `pruneError`, not thrown. */
+export async function pruneAfterConfirm(dirs: Dirs, container: string, opts: { keep: number; log: Log }): Promise<ConfirmResult> {
+  try {
+    return { removed: await pruneSets(dirs, container, opts) };
+  } catch (err) {
+    const e = err instanceof SbkError ? err : new SbkError(`${container}: pruning snapshot sets failed: ${(err as Error).message}`, ExitCode.failure, { cause: err });
+    return { removed: [], pruneError: e };
+  }
+}
+
+/**
  * Confirms a set: writes the marker (with the chain length from the run file), removes the run
  * file, and prunes older sets when a --keep-snapshots applies. The caller holds the container's
- * lock. A failed prune does not undo the confirmation: it is returned for the caller to report.
+ * lock. A failed prune is returned (see ConfirmResult).
  */
 export async function confirmBackupSet(
   dirs: Dirs,
@@ -206,18 +226,13 @@ export async function confirmBackupSet(
   set: string,
   c: Confirmation,
   opts: ConfirmOptions,
-): Promise<{ removed: string[]; pruneError?: SbkError }> {
+): Promise<ConfirmResult> {
   const run = await readRun(set);
   await confirmSet(set, { ...c, depth: c.depth ?? run?.depth ?? null });
   await rm(path.join(set, RUN_FILE), { force: true });
   const keep = opts.keep ?? run?.keepSnapshots ?? opts.defaultKeep;
   if (keep === undefined) return { removed: [] };
-  try {
-    return { removed: await pruneSets(dirs, container, { keep, log: opts.log }) };
-  } catch (err) {
-    const e = err instanceof SbkError ? err : new SbkError(`${container}: pruning snapshot sets failed: ${(err as Error).message}`, ExitCode.failure, { cause: err });
-    return { removed: [], pruneError: e };
-  }
+  return pruneAfterConfirm(dirs, container, { keep, log: opts.log });
 }
 
 /**
@@ -228,7 +243,7 @@ export async function confirmBackupSet(
  * whose pipeline's shell is alive), nor the sets such a run is sent against. Returns the removed
  * set paths.
  */
-export async function pruneSets(dirs: Dirs, container: string, opts: { keep: number; log: Log }): Promise<string[]> {
+async function pruneSets(dirs: Dirs, container: string, opts: { keep: number; log: Log }): Promise<string[]> {
   const { log } = opts;
   const keep = Math.max(1, Math.floor(opts.keep));
   await removeStalePartials(dirs, container, log);

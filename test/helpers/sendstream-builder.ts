@@ -1,7 +1,7 @@
 // Builds BTRFS send streams byte by byte (with correct CRC32C), for tests that need streams
 // `btrfs send` would never make: fuzzing, and hostile commands that must be refused.
 import { crc32cUpdate } from '../../src/formats/sendstream/crc32c.js';
-import { Attr, Cmd, SEND_STREAM_MAGIC } from '../../src/formats/sendstream/reader.js';
+import { Attr, Cmd, SEND_STREAM_MAGIC } from '../../src/formats/sendstream/constants.js';
 
 export function streamHeader(version: number): Buffer {
   const h = Buffer.alloc(17);

@@ -3,20 +3,19 @@
 import { describe, it, expect } from 'vitest';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
+import { changesFromModel } from '../../src/stages/changelog/changelog.js';
+import { modelFromStream } from '../../src/stages/changelog/model.js';
+import { parseRsyncLine, unescapeRsync } from '../../src/stages/changelog/rsync.js';
 import {
-  modelFromStream,
-  changesFromModel,
   toLines,
   formatChangelog,
   escapePath,
   unescapePath,
   parseChangelogLine,
-  parseRsyncLine,
-  unescapeRsync,
   containerPath,
   compareLines,
   type ChangelogLine,
-} from '../../src/stages/changelog/changelog.js';
+} from '../../src/formats/changelog-lines.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
 import { Cmd, Attr } from '../../src/formats/sendstream/reader.js';
 import { crc32cUpdate } from '../../src/formats/sendstream/crc32c.js';

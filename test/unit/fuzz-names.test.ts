@@ -1,6 +1,6 @@
 // Property-based fuzzing of names and lines (issue 6, Fuzzing and Hostile names): container,
 // volume, archive and set-directory names (src/core/layout.ts), and the changelog's path escaping
-// and line format (src/stages/changelog/changelog.ts). Any string: a clean usage error (exit 2) or a valid
+// and line format (src/formats/changelog-lines.ts). Any string: a clean usage error (exit 2) or a valid
 // name, never another exception; every valid name round-trips through the file names made from
 // it; any bytes round-trip through the escaping, which always gives one line of valid text.
 // Fixed seeds.
@@ -20,7 +20,7 @@ import {
   backupName,
   formatTime,
 } from '../../src/core/layout.js';
-import { escapePath, unescapePath, parseChangelogLine, formatChangelog, sortLines, compareLines, type ChangelogLine } from '../../src/stages/changelog/changelog.js';
+import { escapePath, unescapePath, parseChangelogLine, formatChangelog, sortLines, compareLines, type ChangelogLine } from '../../src/formats/changelog-lines.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 // commands that would reach outside the subvolume are refused as corrupt, naming the command.
 import { readFileSync } from 'node:fs';
 import { describe, it, expect } from 'vitest';
-import { ReceiveGuard, SendStreamReader } from '../../src/formats/sendstream/reader.js';
+import { ReceiveGuard } from '../../src/formats/sendstream/guard.js';
+import { SendStreamReader } from '../../src/formats/sendstream/reader.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
 import { cmd, stream } from '../helpers/sendstream-builder.js';
 

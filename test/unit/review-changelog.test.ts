@@ -2,7 +2,7 @@
 // string from the LXC config or --mount) must come out as its UTF-8 characters, not escaped as
 // if each UTF-16 code unit were a byte.
 import { describe, it, expect } from 'vitest';
-import { formatChangelog, toLines, parseChangelogLine } from '../../src/stages/changelog/changelog.js';
+import { formatChangelog, toLines, parseChangelogLine } from '../../src/formats/changelog-lines.js';
 
 describe('changelog mount points', () => {
   it('a non-ASCII mount point is written as UTF-8 text, and reads back', () => {

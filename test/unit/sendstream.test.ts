@@ -8,9 +8,6 @@ import { pipeline } from 'node:stream/promises';
 import fc from 'fast-check';
 import {
   readSendStream,
-  verifySendStream,
-  createSendStreamVerifier,
-  createVerifyingPassThrough,
   SendStreamReader,
   Cmd,
   type SendCommand,
@@ -18,6 +15,38 @@ import {
 } from '../../src/formats/sendstream/reader.js';
 import { crc32c, crc32cUpdate } from '../../src/formats/sendstream/crc32c.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
+
+/** Verifies a whole stream without decoding it: the reader with decode 'first'. */
+async function verifySendStream(parts: Buffer[]) {
+  const r = new SendStreamReader(undefined, { decode: 'first' });
+  for (const p of parts) r.write(p);
+  return r.end();
+}
+
+/** The reader as a pipeline() sink: verifies what arrives, its summary once it ended. */
+function verifierSink() {
+  const sink = async (src: AsyncIterable<Buffer>) => {
+    const r = new SendStreamReader(undefined, { decode: 'first' });
+    for await (const c of src) r.write(c);
+    sink.summary = r.end();
+  };
+  sink.summary = undefined as ReturnType<SendStreamReader['end']> | undefined;
+  return sink;
+}
+
+/** The reader inside a pipeline(): passes each chunk on once the commands it completes are checked. */
+function verifyingPassThrough() {
+  const pass = async function* (src: AsyncIterable<Buffer>) {
+    const r = new SendStreamReader(undefined, { decode: 'first' });
+    for await (const c of src) {
+      r.write(c);
+      yield c;
+    }
+    pass.summary = r.end();
+  };
+  pass.summary = undefined as ReturnType<SendStreamReader['end']> | undefined;
+  return pass;
+}
 
 const FIX = new URL('../fixtures/sendstream/', import.meta.url);
 const fixture = (name: string) => readFileSync(new URL(name, FIX));
@@ -291,26 +320,26 @@ describe('send-stream errors', () => {
 });
 
 describe('verifier streams', () => {
-  it('createSendStreamVerifier: a sink for pipeline()', async () => {
-    const v = createSendStreamVerifier();
+  it('the reader as a sink for pipeline()', async () => {
+    const v = verifierSink();
     await pipeline(Readable.from(chunked(fixture('v2-full.stream'), [4096])), v);
     expect(v.summary).toMatchObject({ version: 2, subvolume: 's1' });
     const bad = Buffer.from(fixture('v2-full.stream'));
     bad[bad.length - 1] ^= 1;
-    await expect(pipeline(Readable.from([bad]), createSendStreamVerifier())).rejects.toThrow(/CRC32C mismatch/);
+    await expect(pipeline(Readable.from([bad]), verifierSink())).rejects.toThrow(/CRC32C mismatch/);
   });
 
-  it('createVerifyingPassThrough: passes bytes on unchanged, fails on truncation', async () => {
+  it('the reader in a pass-through: passes bytes on unchanged, fails on truncation', async () => {
     const good = fixture('v1-full.stream');
     const got: Buffer[] = [];
-    const t = createVerifyingPassThrough();
+    const t = verifyingPassThrough();
     await pipeline(Readable.from(chunked(good, [1000])), t, async function* (src) {
       for await (const c of src) got.push(c as Buffer);
     });
     expect(Buffer.concat(got).equals(good)).toBe(true);
     expect(t.summary!.commands).toBeGreaterThan(10);
     await expect(
-      pipeline(Readable.from([good.subarray(0, 5000)]), createVerifyingPassThrough(), async function* (src) {
+      pipeline(Readable.from([good.subarray(0, 5000)]), verifyingPassThrough(), async function* (src) {
         for await (const _ of src);
       }),
     ).rejects.toThrow(/truncated/);

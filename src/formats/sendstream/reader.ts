@@ -1,5 +1,6 @@
 // Streaming parser and verifier of the BTRFS send-stream format, versions 1 to 3
-// (btrfs-progs Documentation/dev/dev-send-stream.rst; man/sbk.7, STREAMS).
+// (btrfs-progs Documentation/dev/dev-send-stream.rst; man/sbk.7, STREAMS; its numbers are
+// constants.ts). To verify a stream without decoding it: a SendStreamReader with decode 'first'.
 //
 //   header   "btrfs-stream\0" le32 version
 //   command  le32 len, le16 type, le32 crc32c, then `len` bytes of TLVs (le16 type, le16 len,
@@ -9,105 +10,30 @@
 // must end with END exactly at its last byte. Errors name the byte offset of the faulty command.
 // Bytes are never copied to be checked: the CRC runs over the input chunks in place, and file
 // data (WRITE) is skipped unless the caller asks for it.
-import { Transform, Writable } from 'node:stream';
 import { crc32cUpdate } from './crc32c.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
+import {
+  Attr,
+  Cmd,
+  COMMAND_HEADER_SIZE,
+  MAX_ATTR,
+  MAX_CMD,
+  MAX_LEN_V1,
+  MAX_LEN_V2,
+  MAX_SEND_VERSION,
+  REQUIRED,
+  SEND_STREAM_MAGIC,
+  STREAM_HEADER_SIZE,
+  cmdName,
+  corruptAt,
+} from './constants.js';
 import { sniff, describeKind } from '../input.js';
 
-export const SEND_STREAM_MAGIC = 'btrfs-stream\0';
+// The format's numbers, and the guard, for the modules that read streams through this one.
+export * from './constants.js';
+export { ReceiveGuard } from './guard.js';
+
 const MAGIC = Buffer.from(SEND_STREAM_MAGIC, 'latin1');
-export const STREAM_HEADER_SIZE = 17;
-export const COMMAND_HEADER_SIZE = 10;
-/** Newest stream version this parser reads (3 adds ENABLE_VERITY). */
-export const MAX_SEND_VERSION = 3;
-
-/** Command types. */
-export const Cmd = {
-  SUBVOL: 1,
-  SNAPSHOT: 2,
-  MKFILE: 3,
-  MKDIR: 4,
-  MKNOD: 5,
-  MKFIFO: 6,
-  MKSOCK: 7,
-  SYMLINK: 8,
-  RENAME: 9,
-  LINK: 10,
-  UNLINK: 11,
-  RMDIR: 12,
-  SET_XATTR: 13,
-  REMOVE_XATTR: 14,
-  WRITE: 15,
-  CLONE: 16,
-  TRUNCATE: 17,
-  CHMOD: 18,
-  CHOWN: 19,
-  UTIMES: 20,
-  END: 21,
-  UPDATE_EXTENT: 22,
-  FALLOCATE: 23,
-  FILEATTR: 24,
-  ENCODED_WRITE: 25,
-  ENABLE_VERITY: 26,
-} as const;
-
-/** Names as `btrfs receive --dump` prints them, indexed by command type. */
-export const CMD_NAMES: readonly string[] = [
-  'unspec', 'subvol', 'snapshot', 'mkfile', 'mkdir', 'mknod', 'mkfifo', 'mksock', 'symlink',
-  'rename', 'link', 'unlink', 'rmdir', 'set_xattr', 'remove_xattr', 'write', 'clone', 'truncate',
-  'chmod', 'chown', 'utimes', 'end', 'update_extent', 'fallocate', 'fileattr', 'encoded_write',
-  'enable_verity',
-];
-
-/** Highest command type of each stream version. */
-const MAX_CMD = [0, 22, 25, 26];
-
-/** Attribute (TLV) types. */
-export const Attr = {
-  UUID: 1,
-  CTRANSID: 2,
-  INO: 3,
-  SIZE: 4,
-  MODE: 5,
-  UID: 6,
-  GID: 7,
-  RDEV: 8,
-  CTIME: 9,
-  MTIME: 10,
-  ATIME: 11,
-  OTIME: 12,
-  XATTR_NAME: 13,
-  XATTR_DATA: 14,
-  PATH: 15,
-  PATH_TO: 16,
-  PATH_LINK: 17,
-  FILE_OFFSET: 18,
-  DATA: 19,
-  CLONE_UUID: 20,
-  CLONE_CTRANSID: 21,
-  CLONE_PATH: 22,
-  CLONE_OFFSET: 23,
-  CLONE_LEN: 24,
-  FALLOCATE_MODE: 25,
-  FILEATTR: 26,
-  UNENCODED_FILE_LEN: 27,
-  UNENCODED_LEN: 28,
-  UNENCODED_OFFSET: 29,
-  COMPRESSION: 30,
-  ENCRYPTION: 31,
-  VERITY_ALGORITHM: 32,
-  VERITY_BLOCK_SIZE: 33,
-  VERITY_SALT_DATA: 34,
-  VERITY_SIG_DATA: 35,
-} as const;
-
-const MAX_ATTR = [0, 24, 31, 35];
-
-/** Longest command accepted: v1 commands fit the kernel's 64 KiB buffer; later versions carry
- *  compressed extents (at most ~144 KiB today). The bound turns a garbage length into a clear
- *  error instead of a wait for bytes that never come. */
-const MAX_LEN_V1 = 64 * 1024;
-const MAX_LEN_V2 = 16 * 1024 * 1024;
 
 export interface Timespec {
   sec: number;
@@ -177,47 +103,14 @@ export interface SendStreamSummary {
 }
 
 export interface ReaderOptions {
-  /** 'all': decode every command; 'first': only the first (SUBVOL/SNAPSHOT), for the verifier. */
+  /** 'all': decode every command; 'first': only the first (SUBVOL/SNAPSHOT), to verify a stream
+   *  (CRCs, framing, END) at the least cost. */
   decode?: 'all' | 'first';
   /** Keep WRITE/ENCODED_WRITE data (copied when a command spans input chunks). Default false. */
   wantData?: boolean;
 }
 
-const corruptAt = (offset: number, msg: string) =>
-  new SbkError(`corrupt send stream at byte offset ${offset}: ${msg}`, ExitCode.corrupt);
-
-const cmdName = (type: number) => CMD_NAMES[type] ?? `command type ${type}`;
-
 const hex32 = (n: number) => '0x' + n.toString(16).padStart(8, '0');
-
-/** Required attributes per command: what `btrfs receive` would refuse to run without. */
-const REQUIRED: Record<number, number[]> = {
-  [Cmd.SUBVOL]: [Attr.PATH, Attr.UUID, Attr.CTRANSID],
-  [Cmd.SNAPSHOT]: [Attr.PATH, Attr.UUID, Attr.CTRANSID, Attr.CLONE_UUID, Attr.CLONE_CTRANSID],
-  [Cmd.MKFILE]: [Attr.PATH],
-  [Cmd.MKDIR]: [Attr.PATH],
-  [Cmd.MKNOD]: [Attr.PATH, Attr.MODE, Attr.RDEV],
-  [Cmd.MKFIFO]: [Attr.PATH],
-  [Cmd.MKSOCK]: [Attr.PATH],
-  [Cmd.SYMLINK]: [Attr.PATH, Attr.PATH_LINK],
-  [Cmd.RENAME]: [Attr.PATH, Attr.PATH_TO],
-  [Cmd.LINK]: [Attr.PATH, Attr.PATH_LINK],
-  [Cmd.UNLINK]: [Attr.PATH],
-  [Cmd.RMDIR]: [Attr.PATH],
-  [Cmd.SET_XATTR]: [Attr.PATH, Attr.XATTR_NAME, Attr.XATTR_DATA],
-  [Cmd.REMOVE_XATTR]: [Attr.PATH, Attr.XATTR_NAME],
-  [Cmd.WRITE]: [Attr.PATH, Attr.FILE_OFFSET, Attr.DATA],
-  [Cmd.CLONE]: [Attr.PATH, Attr.FILE_OFFSET, Attr.CLONE_LEN, Attr.CLONE_UUID, Attr.CLONE_CTRANSID, Attr.CLONE_PATH, Attr.CLONE_OFFSET],
-  [Cmd.TRUNCATE]: [Attr.PATH, Attr.SIZE],
-  [Cmd.CHMOD]: [Attr.PATH, Attr.MODE],
-  [Cmd.CHOWN]: [Attr.PATH, Attr.UID, Attr.GID],
-  [Cmd.UTIMES]: [Attr.PATH, Attr.ATIME, Attr.MTIME, Attr.CTIME],
-  [Cmd.UPDATE_EXTENT]: [Attr.PATH, Attr.FILE_OFFSET, Attr.SIZE],
-  [Cmd.FALLOCATE]: [Attr.PATH, Attr.FALLOCATE_MODE, Attr.FILE_OFFSET, Attr.SIZE],
-  [Cmd.FILEATTR]: [Attr.PATH, Attr.FILEATTR],
-  [Cmd.ENCODED_WRITE]: [Attr.PATH, Attr.FILE_OFFSET, Attr.UNENCODED_FILE_LEN, Attr.UNENCODED_LEN, Attr.UNENCODED_OFFSET, Attr.DATA],
-  [Cmd.ENABLE_VERITY]: [Attr.PATH],
-};
 
 function formatUuid(b: Buffer): string {
   const h = b.toString('hex');
@@ -560,189 +453,3 @@ export async function* readSendStream(source: AsyncIterable<Chunk> | Iterable<Ch
   return reader.end();
 }
 
-/** Checks a whole stream: magic, version, every command's CRC32C, END exactly at the end. */
-export async function verifySendStream(source: AsyncIterable<Chunk> | Iterable<Chunk>): Promise<SendStreamSummary> {
-  const reader = new SendStreamReader(undefined, { decode: 'first' });
-  for await (const chunk of source) reader.write(asBytes(chunk));
-  return reader.end();
-}
-
-export interface SendStreamVerifier extends Writable {
-  /** Set once the stream has finished without error. */
-  summary?: SendStreamSummary;
-}
-
-/** A Writable sink that verifies what is written to it; it errors (SbkError) on the first fault. */
-export function createSendStreamVerifier(): SendStreamVerifier {
-  const reader = new SendStreamReader(undefined, { decode: 'first' });
-  const w: SendStreamVerifier = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      try {
-        reader.write(chunk);
-        cb();
-      } catch (err) {
-        cb(err as Error);
-      }
-    },
-    final(cb) {
-      try {
-        w.summary = reader.end();
-        cb();
-      } catch (err) {
-        cb(err as Error);
-      }
-    },
-  });
-  return w;
-}
-
-export interface VerifyingPassThrough extends Transform {
-  summary?: SendStreamSummary;
-}
-
-/**
- * A Transform that passes the stream on unchanged while verifying it (e.g. into
- * `btrfs receive`). A chunk is passed on only after the commands it completes were checked;
- * a truncated stream errors at the end.
- */
-export function createVerifyingPassThrough(): VerifyingPassThrough {
-  const reader = new SendStreamReader(undefined, { decode: 'first' });
-  const t: VerifyingPassThrough = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      try {
-        reader.write(chunk);
-        cb(null, chunk);
-      } catch (err) {
-        cb(err as Error);
-      }
-    },
-    flush(cb) {
-      try {
-        t.summary = reader.end();
-        cb();
-      } catch (err) {
-        cb(err as Error);
-      }
-    },
-  });
-  return t;
-}
-
-/** Commands whose `btrfs receive` action opens or changes the file at PATH through a symlink. */
-const FOLLOWS_PATH = new Set<number>([
-  Cmd.WRITE,
-  Cmd.CLONE,
-  Cmd.TRUNCATE,
-  Cmd.CHMOD,
-  Cmd.UPDATE_EXTENT,
-  Cmd.FALLOCATE,
-  Cmd.FILEATTR,
-  Cmd.ENCODED_WRITE,
-  Cmd.ENABLE_VERITY,
-]);
-
-/**
- * Keeps `btrfs receive` inside the subvolume it makes. receive joins each command's paths to its
- * directory and lets the kernel resolve them, '..' and symlinks included (btrfs-progs does not
- * check), so a crafted archive could write anywhere as root. `btrfs send` never makes such a
- * path: no absolute path, no '..', and no path through a symlink, since its paths come from the
- * inode tree, where a symlink is a leaf; nor does it write, truncate or chmod a symlink. The
- * guard refuses a command that does any of this (a corrupt stream, exit 4) before receive gets
- * its last byte.
- *
- * It tracks the symlinks the stream makes, renames and removes. One guard follows one volume
- * through its chain (the Full, then each incremental), so it also knows the symlinks of the
- * parent an incremental is received onto; a SUBVOL command (a new, empty subvolume) starts
- * afresh.
- */
-export class ReceiveGuard {
-  private symlinks = new Set<string>();
-  /** For each directory, how many tracked symlinks are below it: a rename of a directory
-   *  scans the symlinks only when it has some (a full send renames every new file once). */
-  private below = new Map<string, number>();
-  private uuid: string | undefined;
-
-  check(c: SendCommand): void {
-    const refuse = (why: string) => corruptAt(c.offset, `${c.name}: ${why}; refused (btrfs send never makes this)`);
-    const inside = (p: string | undefined, what: string) => {
-      if (p === undefined) return;
-      if (p.startsWith('/')) throw refuse(`${what} '${p}' is absolute`);
-      if (p.includes('\0')) throw refuse(`${what} has a NUL byte`);
-      if (p.split('/').includes('..')) throw refuse(`${what} '${p}' leaves the subvolume ('..')`);
-    };
-    const notThroughSymlink = (p: string | undefined, what: string) => {
-      if (!p || this.symlinks.size === 0) return;
-      for (let i = p.indexOf('/'); i >= 0; i = p.indexOf('/', i + 1)) {
-        if (this.symlinks.has(p.slice(0, i))) throw refuse(`${what} '${p}' goes through the symlink '${p.slice(0, i)}'`);
-      }
-    };
-
-    if (c.type === Cmd.SUBVOL || c.type === Cmd.SNAPSHOT) {
-      // The subvolume's own name: one component, made in receive's directory.
-      const name = c.path ?? '';
-      if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0'))
-        throw refuse(`the subvolume name '${name}' is not a plain name`);
-      if (c.type === Cmd.SUBVOL) {
-        this.symlinks = new Set();
-        this.below = new Map();
-      }
-      this.uuid = c.uuid;
-      return;
-    }
-    inside(c.path, 'path');
-    inside(c.pathTo, 'new path');
-    inside(c.clonePath, 'clone source');
-    if (c.type !== Cmd.SYMLINK) inside(c.pathLink, 'link source'); // a symlink's target is data
-    notThroughSymlink(c.path, 'path');
-    notThroughSymlink(c.pathTo, 'new path');
-    if (c.type === Cmd.LINK) notThroughSymlink(c.pathLink, 'link source');
-    if (c.type === Cmd.CLONE && c.cloneUuid === this.uuid) notThroughSymlink(c.clonePath, 'clone source');
-    if (FOLLOWS_PATH.has(c.type) && c.path !== undefined && this.symlinks.has(c.path))
-      throw refuse(`'${c.path}' is a symlink`);
-
-    switch (c.type) {
-      case Cmd.SYMLINK:
-        this.add(c.path!);
-        break;
-      case Cmd.LINK: // a hard link to a symlink is a symlink
-        if (this.symlinks.has(c.pathLink!)) this.add(c.path!);
-        break;
-      case Cmd.UNLINK:
-        this.remove(c.path!);
-        break;
-      case Cmd.RENAME: {
-        const from = c.path!;
-        const to = c.pathTo!;
-        this.remove(to); // rename(2) replaces what was there (a directory only if empty)
-        if (this.symlinks.has(from)) {
-          this.remove(from);
-          this.add(to);
-        } else if (this.below.has(from)) {
-          const moved = [...this.symlinks].filter((s) => s.startsWith(from + '/'));
-          for (const s of moved) this.remove(s);
-          for (const s of moved) this.add(to + s.slice(from.length));
-        }
-        break;
-      }
-    }
-  }
-
-  private add(p: string): void {
-    if (this.symlinks.has(p)) return;
-    this.symlinks.add(p);
-    for (let i = p.indexOf('/'); i >= 0; i = p.indexOf('/', i + 1)) {
-      const dir = p.slice(0, i);
-      this.below.set(dir, (this.below.get(dir) ?? 0) + 1);
-    }
-  }
-
-  private remove(p: string): void {
-    if (!this.symlinks.delete(p)) return;
-    for (let i = p.indexOf('/'); i >= 0; i = p.indexOf('/', i + 1)) {
-      const dir = p.slice(0, i);
-      const n = (this.below.get(dir) ?? 1) - 1;
-      if (n > 0) this.below.set(dir, n);
-      else this.below.delete(dir);
-    }
-  }
-}

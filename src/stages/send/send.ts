@@ -11,6 +11,7 @@ import { META_FILE_MAX, META_TOTAL_MAX, configLogFiles, isSafeMetaPath, metaEntr
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { BackupRecord } from '../../formats/record.js';
 import type { Log } from '../../core/log.js';
+import { Attr, Cmd, COMMAND_HEADER_SIZE, STREAM_HEADER_SIZE, TLV_HEADER_SIZE } from '../../formats/sendstream/constants.js';
 
 export interface MetaFile {
   rel: string;
@@ -265,7 +266,7 @@ function abbreviate(p: string): string {
  * fails on with ENAMETOOLONG. Run only after such a failure: GNU find walks trees of any depth
  * (relative opens), where node's fs calls fail on the long paths themselves.
  */
-export async function findLongPath(snap: string, signal?: AbortSignal): Promise<string | undefined> {
+async function findLongPath(snap: string, signal?: AbortSignal): Promise<string | undefined> {
   const { spawn } = await import('node:child_process');
   const child = spawn('find', ['.', '-xdev', '-print0'], { cwd: snap, stdio: ['ignore', 'pipe', 'ignore'], signal });
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
@@ -324,7 +325,16 @@ export async function estimateSendSize(snapshot: string, opts: { parent?: string
   return est.estimate();
 }
 
-/** The arithmetic of estimateSendSize over a `--no-data` stream (exported for tests). */
+/** The kernel puts at most this much file data in one WRITE command (BTRFS_SEND_READ_SIZE). */
+const MAX_WRITE_DATA = 48 * 1024;
+/** A u64 attribute (FILE_OFFSET): its TLV header and 8 bytes. */
+const U64_TLV_SIZE = TLV_HEADER_SIZE + 8;
+
+/**
+ * The arithmetic of estimateSendSize over a `--no-data` stream (exported for tests). It walks
+ * the commands' framing (constants.ts) without checking CRCs: an estimate for progress only,
+ * it must never fail the send.
+ */
 export class SendSizeEstimator {
   private buf: Buffer = Buffer.alloc(0);
   private headerSeen = false;
@@ -338,32 +348,36 @@ export class SendSizeEstimator {
     this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
     let pos = 0;
     if (!this.headerSeen) {
-      if (this.buf.length < 17) return;
+      if (this.buf.length < STREAM_HEADER_SIZE) return;
       this.headerSeen = true;
-      pos = 17; // "btrfs-stream\0" + le32 version
+      pos = STREAM_HEADER_SIZE;
     }
-    // Commands: le32 length of the attributes, le16 type, le32 crc, then TLVs (le16, le16, value).
-    while (this.buf.length - pos >= 10) {
+    while (this.buf.length - pos >= COMMAND_HEADER_SIZE) {
       const len = this.buf.readUInt32LE(pos);
-      if (this.buf.length - pos < 10 + len) break;
-      if (this.buf.readUInt16LE(pos + 4) === 22 /* UPDATE_EXTENT */) {
-        let size = 0;
-        let pathLen = 0;
-        for (let a = pos + 10; a + 4 <= pos + 10 + len; ) {
-          const type = this.buf.readUInt16LE(a);
-          const l = this.buf.readUInt16LE(a + 2);
-          if (type === 4 /* SIZE */ && l === 8) size = Number(this.buf.readBigUInt64LE(a + 4));
-          else if (type === 15 /* PATH */) pathLen = l;
-          a += 4 + l;
-        }
-        this.updateBytes += 10 + len;
-        this.dataBytes += size;
-        // The kernel writes at most 48 KiB per WRITE: header, path, offset and data TLV each time.
-        this.writeOverhead += Math.ceil(size / (48 * 1024)) * (10 + 4 + pathLen + 12 + 4);
-      }
-      pos += 10 + len;
+      const end = pos + COMMAND_HEADER_SIZE + len;
+      if (this.buf.length < end) break;
+      if (this.buf.readUInt16LE(pos + 4) === Cmd.UPDATE_EXTENT) this.updateExtent(pos, end);
+      pos = end;
     }
     this.buf = this.buf.subarray(pos);
+  }
+
+  /** An UPDATE_EXTENT (header at `pos`, ending at `end`): the WRITEs that replace it. */
+  private updateExtent(pos: number, end: number): void {
+    let size = 0;
+    let pathLen = 0;
+    for (let a = pos + COMMAND_HEADER_SIZE; a + TLV_HEADER_SIZE <= end; ) {
+      const type = this.buf.readUInt16LE(a);
+      const l = this.buf.readUInt16LE(a + 2);
+      if (type === Attr.SIZE && l === 8) size = Number(this.buf.readBigUInt64LE(a + TLV_HEADER_SIZE));
+      else if (type === Attr.PATH) pathLen = l;
+      a += TLV_HEADER_SIZE + l;
+    }
+    this.updateBytes += end - pos;
+    this.dataBytes += size;
+    // Each WRITE: its header, the PATH, the FILE_OFFSET and the DATA attribute's header.
+    const perWrite = COMMAND_HEADER_SIZE + TLV_HEADER_SIZE + pathLen + U64_TLV_SIZE + TLV_HEADER_SIZE;
+    this.writeOverhead += Math.ceil(size / MAX_WRITE_DATA) * perWrite;
   }
 
   estimate(): number {

@@ -1,8 +1,10 @@
-// Snapshot sets: `<backup-dir>/<c>/<time>[_Full]/<volume>`, the read-only snapshots each backup
-// is sent from and the next incremental is sent against. A set is made under a hidden partial
-// name and renamed when every snapshot exists; it becomes a valid parent only once its archive
-// is stored (the CONFIRMED_MARKER file), so a backup that failed anywhere in the pipe is never
-// a parent.
+// sbk-snap's work: making a backup's snapshot set (`<backup-dir>/<c>/<time>[_Full]/<volume>`,
+// the read-only snapshots the backup is sent from and the next incremental is sent against),
+// choosing its parent (the newest valid one, its local chain whole), and confirming sets from
+// the receipts of stored archives. A set is made under a hidden partial name and renamed when
+// every snapshot exists; it becomes a valid parent only once its archive is stored (the
+// CONFIRMED_MARKER file), so a backup that failed anywhere in the pipe is never a parent. The
+// sets on disk (listing, confirming, pruning) are src/system/sets.ts.
 import { mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
@@ -17,7 +19,23 @@ import type { Log } from '../../core/log.js';
 import type { Receipt } from '../../formats/receipt.js';
 import { readArchiveHead } from '../../formats/archive/open.js';
 import { containerVolumes, type ContainerVolumes } from '../../system/lxc.js';
-import { PARTIAL_RE, listSets, readConfirmation, confirmedByReceipt, confirmBackupSet, pruneSets, removeSetDir, removeStalePartials, chainDepth, type SetInfo, type Confirmation, type ConfirmOptions, RUN_FILE, type SetRun } from '../../system/sets.js';
+import {
+  PARTIAL_RE,
+  RUN_FILE,
+  chainDepth,
+  confirmBackupSet,
+  confirmedByReceipt,
+  listSets,
+  pruneAfterConfirm,
+  readConfirmation,
+  removeSetDir,
+  removeStalePartials,
+  type ConfirmOptions,
+  type ConfirmResult,
+  type Confirmation,
+  type SetInfo,
+  type SetRun,
+} from '../../system/sets.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -25,7 +43,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * The newest valid parent: a confirmed set whose snapshots of the container's volumes exist and
  * are read-only. Volumes missing from it are sent whole.
  */
-export async function newestValidParent(
+async function newestValidParent(
   dirs: Dirs,
   container: string,
   log: Log,
@@ -102,6 +120,89 @@ export async function makeBackupSet(dirs: Dirs, container: string, opts: SnapOpt
   );
 }
 
+/** Full or incremental, and the chain length the new set will have (null: not known). */
+interface SetKind {
+  full: boolean;
+  depth: number | null;
+}
+
+/**
+ * Full or incremental: --full, else an incremental on the newest valid parent, unless there is
+ * none, its local chain has a gap, or (auto mode) --max-chain is reached.
+ */
+async function chooseKind(
+  dirs: Dirs,
+  container: string,
+  previous: { set: SetInfo } | undefined,
+  opts: SnapOptions,
+): Promise<SetKind> {
+  const { log } = opts;
+  if (opts.mode === 'full') return { full: true, depth: 0 };
+  if (!previous) {
+    if (opts.mode === 'incremental') throw new SbkError(`no valid parent backup for an incremental (make a Full first)`, ExitCode.notFound);
+    log.info(`${container}: no valid parent backup, making a Full backup`);
+    return { full: true, depth: 0 };
+  }
+  // A parent whose archives were stored here can only be restored from here: when one of its
+  // chain's archives is gone (removed by hand), every incremental on it would be useless.
+  const gap = await localChainGap(dirs, container, previous.set);
+  if (gap) {
+    const why = `the chain of ${previous.set.name} is not whole: ${gap}`;
+    if (opts.mode === 'incremental') throw new SbkError(`${why} (make a Full first)`, ExitCode.notFound);
+    log.info(`${container}: ${why}; making a Full backup`);
+    return { full: true, depth: 0 };
+  }
+  // The chain length: Full 0, an incremental one more than its parent (recorded at confirmation).
+  const parentDepth = await chainDepth(dirs, container, previous.set);
+  const depth = parentDepth === null ? null : parentDepth + 1;
+  if (opts.maxChain !== undefined && opts.mode === 'auto') {
+    if (depth === null) {
+      log.info(`${container}: the chain length of ${previous.set.name} is not known; making a Full backup (--max-chain ${opts.maxChain})`);
+      return { full: true, depth: 0 };
+    }
+    if (depth > opts.maxChain) {
+      log.info(`${container}: ${depth - 1} incrementals since the last Full (--max-chain ${opts.maxChain}); making a Full backup`);
+      return { full: true, depth: 0 };
+    }
+  }
+  return { full: false, depth };
+}
+
+/** The run file of a set being made (see RUN_FILE). */
+function runOf(kind: SetKind, previous: { set: SetInfo } | undefined, keepSnapshots: number | undefined): SetRun {
+  return {
+    sbk: 'run',
+    pid: process.pid,
+    ppid: process.ppid,
+    host: hostname(),
+    started: new Date().toISOString(),
+    depth: kind.depth,
+    parent: kind.full ? null : (previous?.set.set ?? null),
+    previous: previous?.set.set ?? null,
+    ...(keepSnapshots !== undefined ? { keepSnapshots } : {}),
+  };
+}
+
+/**
+ * Snapshots every volume into `partialDir`, all at once: the snapshots are taken in (about) the
+ * same transaction, closer in time than one after the other, and the btrfs processes start in
+ * parallel. A failure of any one lets the others finish before it is thrown (the caller then
+ * removes the partial set). Returns each snapshot's UUID, in the order of `cv.volumes`.
+ */
+async function snapshotVolumes(cv: ContainerVolumes, partialDir: string, signal?: AbortSignal): Promise<string[]> {
+  const snapshotted = await Promise.allSettled(
+    cv.volumes.map(async (v) => {
+      await snapshot(v.source, path.join(partialDir, v.name), { readonly: true }, signal);
+      return subvolumeInfo(path.join(partialDir, v.name), signal);
+    }),
+  );
+  const failed = snapshotted.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return snapshotted.map((r) => (r as PromiseFulfilledResult<SubvolumeInfo>).value.uuid);
+}
+
+const setRef = (s: SetInfo | undefined): SetRef | null => (s ? { time: s.time, full: s.full, name: s.name, set: s.set } : null);
+
 async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions): Promise<BackupRecord> {
   const { log, signal } = opts;
   const { container } = cv;
@@ -111,87 +212,27 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
   await removeStalePartials(dirs, container, log);
 
   const previous = await newestValidParent(dirs, container, log, signal);
-  let full: boolean;
-  if (opts.mode === 'full') full = true;
-  else if (previous) full = false;
-  else if (opts.mode === 'incremental')
-    throw new SbkError(`no valid parent backup for an incremental (make a Full first)`, ExitCode.notFound);
-  else {
-    full = true;
-    log.info(`${container}: no valid parent backup, making a Full backup`);
-  }
-
-  // A parent whose archives were stored here can only be restored from here: when one of its
-  // chain's archives is gone (removed by hand), every incremental on it would be useless.
-  if (!full && previous) {
-    const gap = await localChainGap(dirs, container, previous.set);
-    if (gap) {
-      const why = `the chain of ${previous.set.name} is not whole: ${gap}`;
-      if (opts.mode === 'incremental') throw new SbkError(`${why} (make a Full first)`, ExitCode.notFound);
-      full = true;
-      log.info(`${container}: ${why}; making a Full backup`);
-    }
-  }
-
-  // The chain length: Full 0, an incremental one more than its parent (recorded at confirmation).
-  let depth: number | null = 0;
-  if (!full && previous) {
-    const parentDepth = await chainDepth(dirs, container, previous.set);
-    depth = parentDepth === null ? null : parentDepth + 1;
-    if (opts.maxChain !== undefined && opts.mode === 'auto') {
-      if (depth === null) {
-        full = true;
-        log.info(`${container}: the chain length of ${previous.set.name} is not known; making a Full backup (--max-chain ${opts.maxChain})`);
-      } else if (depth > opts.maxChain) {
-        full = true;
-        log.info(`${container}: ${depth - 1} incrementals since the last Full (--max-chain ${opts.maxChain}); making a Full backup`);
-      }
-      if (full) depth = 0;
-    }
-  }
-
+  const kind = await chooseKind(dirs, container, previous, opts);
+  const { full } = kind;
   const time = await nextTime(dirs, container);
   const finalName = setDirName(time, full);
   const partialDir = path.join(cdir, `.${finalName}.partial-${process.pid}`);
   const finalDir = path.join(cdir, finalName);
   await mkdir(partialDir);
   try {
-    const run: SetRun = {
-      sbk: 'run',
-      pid: process.pid,
-      ppid: process.ppid,
-      host: hostname(),
-      started: new Date().toISOString(),
-      depth,
-      parent: full ? null : (previous?.set.set ?? null),
-      previous: previous?.set.set ?? null,
-      ...(opts.keepSnapshots !== undefined ? { keepSnapshots: opts.keepSnapshots } : {}),
-    };
-    await writeFileAtomic(path.join(partialDir, RUN_FILE), JSON.stringify(run) + '\n');
+    await writeFileAtomic(path.join(partialDir, RUN_FILE), JSON.stringify(runOf(kind, previous, opts.keepSnapshots)) + '\n');
     signal?.throwIfAborted();
-    // All volumes at once: the snapshots are taken in (about) the same transaction, closer in
-    // time than one after the other, and the btrfs processes start in parallel. A failure of
-    // any one lets the others finish before the partial set is removed (see catch).
-    const snapshotted = await Promise.allSettled(
-      cv.volumes.map(async (v) => {
-        await snapshot(v.source, path.join(partialDir, v.name), { readonly: true }, signal);
-        return subvolumeInfo(path.join(partialDir, v.name), signal);
-      }),
-    );
-    const failed = snapshotted.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    const uuids = await snapshotVolumes(cv, partialDir, signal);
     const volumes: VolumeRecord[] = cv.volumes.map((v, i) => ({
       name: v.name,
       mount: v.mount,
       source: v.source,
       snapshot: path.join(finalDir, v.name),
-      uuid: (snapshotted[i] as PromiseFulfilledResult<SubvolumeInfo>).value.uuid,
+      uuid: uuids[i]!,
       parentUuid: !full && previous ? (previous.uuids.get(v.name) ?? null) : null,
     }));
     signal?.throwIfAborted();
     await rename(partialDir, finalDir);
-    const ref = (s: SetInfo | undefined): SetRef | null =>
-      s ? { time: s.time, full: s.full, name: s.name, set: s.set } : null;
     return {
       sbk: 'backup',
       format: RECORD_FORMAT,
@@ -201,8 +242,8 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
       name: backupName(container, time, full),
       set: finalDir,
       containerDir: cv.containerDir,
-      parent: full ? null : ref(previous?.set),
-      previous: ref(previous?.set),
+      parent: full ? null : setRef(previous?.set),
+      previous: setRef(previous?.set),
       volumes,
     };
   } catch (err) {
@@ -217,7 +258,7 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
  * parents the manifests name. undefined when the chain is whole, or when the set was confirmed
  * from a receipt (judged by its receipts: the archives are kept elsewhere).
  */
-export async function localChainGap(dirs: Dirs, container: string, set: SetRef): Promise<string | undefined> {
+async function localChainGap(dirs: Dirs, container: string, set: SetRef): Promise<string | undefined> {
   const c = await readConfirmation(set.set);
   if (!c || confirmedByReceipt(c)) return undefined;
   let link: { time: number; full: boolean } | null = set;
@@ -244,16 +285,51 @@ export async function localChainGap(dirs: Dirs, container: string, set: SetRef):
 export type StoredReceipt = Omit<Receipt, 'sbk' | 'format'>;
 
 /**
+ * Refuses a receipt whose volumes are not the set's snapshots: its list must name every snapshot
+ * of the set (an empty or partial one would leave snapshots unchecked against the stored
+ * archive), each with the UUID the stored archive was sent from.
+ */
+async function checkReceiptMatchesSet(r: StoredReceipt, set: string, signal?: AbortSignal): Promise<void> {
+  if (!r.volumes) return;
+  const mismatch = (why: string) => new SbkError(`${r.name}: the receipt does not match the snapshot set ${set}: ${why}`, ExitCode.corrupt);
+  const listed = new Set(r.volumes.map((v) => v.name));
+  for (const e of await readdir(set, { withFileTypes: true })) {
+    if (!e.isDirectory() || e.name.startsWith('.') || listed.has(e.name)) continue;
+    if (await isSubvolume(path.join(set, e.name)).catch(() => false)) throw mismatch(`it does not list its volume ${e.name}`);
+  }
+  for (const v of r.volumes) {
+    const p = path.join(set, v.name);
+    const uuid = (await isSubvolume(p).catch(() => false)) ? (await subvolumeInfo(p, signal)).uuid : undefined;
+    if (uuid !== v.uuid) throw mismatch(`its ${v.name} is ${uuid ?? 'missing'}, the stored archive's is ${v.uuid}`);
+  }
+}
+
+/** The confirmation a receipt makes. */
+const confirmationOf = (r: StoredReceipt): Confirmation =>
+  ({
+    sbk: 'confirmation',
+    by: 'receipt',
+    name: r.name,
+    archive: r.archive ?? (r.path ? path.basename(r.path) : undefined),
+    size: r.size,
+    sha256: r.sha256,
+    stored: r.stored ?? new Date().toISOString(),
+    host: r.host,
+    path: r.path,
+  }) as Confirmation;
+
+/**
  * `sbk-snap --confirm`: marks the snapshot set a receipt names as confirmed (a valid parent),
  * under the container's lock, after checking that the receipt's volume UUIDs are the set's
  * snapshots (a receipt for another backup of the same name confirms nothing). Then prunes as
- * confirmBackupSet does. Confirming a confirmed set again is harmless.
+ * confirmBackupSet does (a failed prune: `pruneError`, see ConfirmResult). Confirming a
+ * confirmed set again is harmless.
  */
 export async function confirmFromReceipt(
   dirs: Dirs,
   r: StoredReceipt,
   opts: ConfirmOptions & { lockWait?: number; signal?: AbortSignal },
-): Promise<{ set: string; already: boolean; removed: string[]; pruneError?: SbkError }> {
+): Promise<ConfirmResult & { set: string; already: boolean }> {
   checkContainerName(r.container);
   const set = path.join(dirs.backupDir, r.container, setDirName(r.time, r.full));
   const exists = () => stat(set).then((s) => s.isDirectory(), () => false);
@@ -264,51 +340,15 @@ export async function confirmFromReceipt(
     { holder: `sbk-snap --confirm ${r.name}`, wait: opts.lockWait ?? 600, signal: opts.signal },
     async () => {
       if (!(await exists())) throw new SbkError(`${r.name}: the snapshot set ${set} was removed meanwhile`, ExitCode.notFound);
-      if (r.volumes) {
-        // The list must name every snapshot of the set: an empty or partial one would leave
-        // snapshots unchecked against the stored archive.
-        const listed = new Set(r.volumes.map((v) => v.name));
-        for (const e of await readdir(set, { withFileTypes: true })) {
-          if (!e.isDirectory() || e.name.startsWith('.') || listed.has(e.name)) continue;
-          if (await isSubvolume(path.join(set, e.name)).catch(() => false))
-            throw new SbkError(
-              `${r.name}: the receipt does not match the snapshot set ${set}: it does not list its volume ${e.name}`,
-              ExitCode.corrupt,
-            );
-        }
-      }
-      for (const v of r.volumes ?? []) {
-        const p = path.join(set, v.name);
-        const uuid = (await isSubvolume(p).catch(() => false)) ? (await subvolumeInfo(p, opts.signal)).uuid : undefined;
-        if (uuid !== v.uuid)
-          throw new SbkError(
-            `${r.name}: the receipt does not match the snapshot set ${set}: its ${v.name} is ${uuid ?? 'missing'}, the stored archive's is ${v.uuid}`,
-            ExitCode.corrupt,
-          );
-      }
+      await checkReceiptMatchesSet(r, set, opts.signal);
       const already = (await readConfirmation(set)) !== undefined;
-      const c = {
-        sbk: 'confirmation',
-        by: 'receipt',
-        name: r.name,
-        archive: r.archive ?? (r.path ? path.basename(r.path) : undefined),
-        size: r.size,
-        sha256: r.sha256,
-        stored: r.stored ?? new Date().toISOString(),
-        host: r.host,
-        path: r.path,
-      } as Confirmation;
       if (already) {
         // Keep the first confirmation (and its chain length); still apply retention.
         const keep = opts.keep ?? opts.defaultKeep;
         if (keep === undefined) return { set, already, removed: [] };
-        try {
-          return { set, already, removed: await pruneSets(dirs, r.container, { keep, log: opts.log }) };
-        } catch (err) {
-          return { set, already, removed: [], pruneError: err as SbkError };
-        }
+        return { set, already, ...(await pruneAfterConfirm(dirs, r.container, { keep, log: opts.log })) };
       }
-      return { set, already, ...(await confirmBackupSet(dirs, r.container, set, c, opts)) };
+      return { set, already, ...(await confirmBackupSet(dirs, r.container, set, confirmationOf(r), opts)) };
     },
   );
 }
