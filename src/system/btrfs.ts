@@ -255,3 +255,42 @@ export async function nestedSubvolumes(live: string, snap: string, signal?: Abor
   }
   return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
+
+/**
+ * `btrfs inspect-internal inode-resolve INO ROOT`: every name of an inode, as raw stdout bytes
+ * (paths may be any bytes); undefined when btrfs cannot resolve it.
+ */
+export async function inodeResolve(root: string, ino: bigint, signal?: AbortSignal): Promise<Buffer | undefined> {
+  const r = await execa('btrfs', ['inspect-internal', 'inode-resolve', String(ino), root], {
+    stdin: 'ignore',
+    encoding: 'buffer',
+    reject: false,
+    cancelSignal: signal,
+  });
+  return r.exitCode === 0 ? Buffer.from(r.stdout as Uint8Array) : undefined;
+}
+
+/**
+ * A metadata-only send (`btrfs send --no-data`) at the lowest CPU priority, for estimates that
+ * must take nothing from the real work; `done` rejects when it fails. Its stderr is dropped.
+ */
+export async function sendMetadataNice(
+  snap: string,
+  opts: { parent?: string; signal?: AbortSignal } = {},
+): Promise<{ stdout: Readable; done: Promise<void> }> {
+  const { spawn } = await import('node:child_process');
+  const { setPriority } = await import('node:os');
+  const args = ['send', '-q', '--no-data', ...(opts.parent ? ['-p', opts.parent] : []), snap];
+  const child = spawn('btrfs', args, { stdio: ['ignore', 'pipe', 'ignore'], signal: opts.signal });
+  const done = new Promise<void>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => (code === 0 ? resolve() : reject(new Error(`btrfs ${args.join(' ')} exited with ${code}`))));
+  });
+  done.catch(() => {});
+  try {
+    if (child.pid !== undefined) setPriority(child.pid, 19);
+  } catch {
+    // not allowed (another user's process cannot be reniced): run as it is
+  }
+  return { stdout: child.stdout, done };
+}

@@ -19,7 +19,8 @@ export interface SetInfo extends SetRef {
   confirmed: boolean;
 }
 
-export const PARTIAL_RE = /^\.(\d+(?:_Full)?)\.partial-(\d+)$/;
+export { PARTIAL_SET_RE as PARTIAL_RE, RUN_FILE } from '../core/layout.js';
+import { PARTIAL_SET_RE as PARTIAL_RE, RUN_FILE } from '../core/layout.js';
 
 /** Snapshot sets of a container, oldest first (by time). Partial (unfinished) sets are not listed. */
 export async function listSets(dirs: Dirs, container: string): Promise<SetInfo[]> {
@@ -141,10 +142,9 @@ export async function readConfirmation(set: string): Promise<Confirmation | unde
  * The run file: written by sbk-snap into each set it makes, removed once the set is confirmed.
  * It tells clean-up whether the pipeline that made the set may still be running (its shell, the
  * parent of sbk-snap, is alive): such a set, and the sets it is sent against, are never removed.
- * It also carries the chain length and the --keep-snapshots of the run to whoever confirms it.
+ * It also carries the chain length and the --keep-snapshots of the run to whoever confirms it
+ * (its name: RUN_FILE in core/layout.ts).
  */
-export const RUN_FILE = '.sbk-run';
-
 export interface SetRun {
   sbk: 'run';
   pid: number;

@@ -10,9 +10,8 @@
 //    same rules.
 // The lines themselves (escaping, order, parsing) are src/formats/changelog-lines.ts.
 import { readdir } from 'node:fs/promises';
-import { execa } from 'execa';
 import type { Change } from '../../formats/changelog-lines.js';
-import { send } from '../../system/btrfs.js';
+import { inodeResolve, send } from '../../system/btrfs.js';
 import { ChangeSet, SnapshotFacts, StreamFacts, addParentDirs, classify, type Facts } from './classify.js';
 import { modelFromStream, type Node, type StreamModel } from './model.js';
 import { changesByRsync } from './rsync.js';
@@ -95,17 +94,12 @@ export async function changesFromModel(
 
 /** Every name of inode `ino` in the subvolume at `root` (`btrfs inspect-internal inode-resolve`). */
 async function otherLinks(root: string, ino: bigint, signal?: AbortSignal): Promise<string[]> {
-  const r = await execa('btrfs', ['inspect-internal', 'inode-resolve', String(ino), root], {
-    stdin: 'ignore',
-    encoding: 'buffer',
-    reject: false,
-    cancelSignal: signal,
-  });
-  if (r.exitCode !== 0) return [];
+  const out = await inodeResolve(root, ino, signal);
+  if (!out) return [];
   // One path per line, prefixed with `root/`. A name holding a newline cannot be told apart
   // here; such a line does not resolve and is dropped (classify checks every path by lstat).
   const prefix = Buffer.from(root.replace(/\/+$/, '') + '/', 'utf8').toString('latin1');
-  return Buffer.from(r.stdout as Uint8Array)
+  return out
     .toString('latin1')
     .split('\n')
     .filter((l) => l.startsWith(prefix))

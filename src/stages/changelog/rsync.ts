@@ -11,6 +11,7 @@ import type { Change } from '../../formats/changelog-lines.js';
 import { ChangeSet, SnapshotFacts, addParentDirs, isDir, type Facts } from './classify.js';
 import { SnapshotView } from './view.js';
 import type { ChangelogOptions } from './changelog.js';
+import { CHANGELOG_EMPTY_TEMP_PREFIX } from '../../core/layout.js';
 
 /** rsync's escaping of names in --out-format (LC_ALL=C): `\#ooo` for each unprintable byte. */
 export function unescapeRsync(name: string): string {
@@ -64,7 +65,7 @@ async function classifyRsync(item: RsyncItem, facts: Facts, out: ChangeSet, allC
 /** `rsync -n -a --delete -i NEW/ OLD/`, mapped to the rules. OLD null: everything is added. */
 export async function changesByRsync(oldDir: string | null, newDir: string, opts: ChangelogOptions = {}): Promise<Change[]> {
   let empty: string | undefined;
-  const dest = oldDir ?? (empty = await mkdtemp(path.join(os.tmpdir(), 'sbk-changelog-empty-')));
+  const dest = oldDir ?? (empty = await mkdtemp(path.join(os.tmpdir(), CHANGELOG_EMPTY_TEMP_PREFIX)));
   try {
     // --modify-window=-1: compare mtimes to the nanosecond (rsync's default is whole seconds,
     // which misses a same-size rewrite within the second of the snapshot).

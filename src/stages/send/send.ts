@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import tar from 'tar-stream';
 import { ArchiveWriter, DEFAULT_PART_SIZE, formatRootTime, manifestFromRecord, type VolumeRoot } from '../../formats/archive/archive.js';
-import { isSubvolume, nestedSubvolumes, requireSubvolume, send } from '../../system/btrfs.js';
+import { isSubvolume, nestedSubvolumes, requireSubvolume, send, sendMetadataNice } from '../../system/btrfs.js';
 import type { ManifestNested } from '../../formats/archive/archive.js';
 import { META_FILE_MAX, META_TOTAL_MAX, configLogFiles, isSafeMetaPath, metaEntryCost } from '../../formats/archive/meta.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
@@ -298,28 +298,13 @@ async function findLongPath(snap: string, signal?: AbortSignal): Promise<string 
  * priority, so that it takes nothing from the real work when the cores are busy.
  */
 export async function estimateSendSize(snapshot: string, opts: { parent?: string; signal?: AbortSignal } = {}): Promise<number> {
-  const { spawn } = await import('node:child_process');
-  const { setPriority } = await import('node:os');
-  const args = ['send', '-q', '--no-data', ...(opts.parent ? ['-p', opts.parent] : []), snapshot];
-  const child = spawn('btrfs', args, { stdio: ['ignore', 'pipe', 'ignore'], signal: opts.signal });
-  const exited = new Promise<number | null>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code) => resolve(code));
-  });
-  exited.catch(() => {});
-  try {
-    if (child.pid !== undefined) setPriority(child.pid, 19);
-  } catch {
-    // not allowed (another user's process cannot be reniced): run as it is
-  }
+  const { stdout, done } = await sendMetadataNice(snapshot, opts);
   const est = new SendSizeEstimator();
   try {
-    for await (const chunk of child.stdout as AsyncIterable<Buffer>) est.write(chunk);
-    const code = await exited;
-    if (code !== 0) throw new Error(`btrfs ${args.join(' ')} exited with ${code}`);
+    for await (const chunk of stdout as AsyncIterable<Buffer>) est.write(chunk);
+    await done;
   } catch (err) {
-    child.kill();
-    await exited.catch(() => {});
+    stdout.destroy();
     throw err;
   }
   return est.estimate();

@@ -9,7 +9,7 @@ import { mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { SbkError, ExitCode } from '../../core/errors.js';
-import { archiveFileName, backupName, checkContainerName, setDirName, type Dirs } from '../../core/layout.js';
+import { archiveFileName, backupName, checkContainerName, partialSetName, setDirName, type Dirs } from '../../core/layout.js';
 import { isSubvolume, snapshot, subvolumeInfo, type SubvolumeInfo } from '../../system/btrfs.js';
 import { writeFileAtomic } from '../../system/atomic.js';
 import { backupLockFile, withLock } from '../../system/lock.js';
@@ -216,7 +216,7 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
   const { full } = kind;
   const time = await nextTime(dirs, container);
   const finalName = setDirName(time, full);
-  const partialDir = path.join(cdir, `.${finalName}.partial-${process.pid}`);
+  const partialDir = path.join(cdir, partialSetName(time, full));
   const finalDir = path.join(cdir, finalName);
   await mkdir(partialDir);
   try {
