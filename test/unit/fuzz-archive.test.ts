@@ -1,4 +1,4 @@
-// Property-based fuzzing of the archive reader (issue 6, Fuzzing and Hostile archives). The
+// Property-based fuzzing of the archive reader (hostile archives). The
 // flip/truncation property is in archive.test.ts; these are structural mutations made with
 // tar-stream's pack: entries reordered, duplicated, removed, renamed (hostile names), retyped
 // (links, devices), bodies replaced, random JSON in the manifest and trailer, pax records, and

@@ -1,4 +1,4 @@
-// Property-based fuzzing of the backup-record (NDJSON) reader (issue 6, Fuzzing): random bytes,
+// Property-based fuzzing of the backup-record (NDJSON) reader: random bytes,
 // random JSON, and valid records mutated field by field or byte by byte. Whatever comes in,
 // readRecords yields valid records or fails with an SbkError of exit code 3 naming the line;
 // never another exception, never a hang. Valid records round-trip through formatRecord,

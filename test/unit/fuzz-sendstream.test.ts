@@ -1,4 +1,4 @@
-// Property-based fuzzing of the send-stream parser (issue 6, Fuzzing): random bytes, recorded
+// Property-based fuzzing of the send-stream parser: random bytes, recorded
 // streams damaged at the byte level, and streams damaged at the command level and re-checksummed
 // (so that the damage gets past the CRC32C into the decoder). Whatever the input, every entry
 // point (readSendStream, verifySendStream, SendStreamReader, the verifier sink and the verifying
