@@ -266,8 +266,8 @@ export async function readJsonLines(file: string): Promise<unknown[]> {
 /** Snapshots `container` (sbk-snap) and keeps its backup record in `<sb.dir>/<file>`; returns that path. */
 export async function snapToFile(sb: Sandbox, container: string, file = 'rec.ndjson'): Promise<string> {
   const r = await sh(`sbk-snap ${container}`, sb);
-  expect(r.exitCode, r.stderr).toBe(0);
+  expect(r.exitCode, String(r.stderr)).toBe(0);
   const records = path.join(sb.dir, file);
-  await writeFile(records, r.stdout);
+  await writeFile(records, String(r.stdout));
   return records;
 }

@@ -17,6 +17,7 @@ import { createGzipCompressor } from '../../src/formats/codecs/gzip.js';
 import { SbkError } from '../../src/core/errors.js';
 import { synthManifest, synthTar } from '../fixtures/archives/synthetic.js';
 import { BIN } from '../helpers/sandbox.js';
+import { until } from '../helpers/wait.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -303,8 +304,7 @@ describe('sbk-pack --store DIR', () => {
     const c = await makeChain();
     const child = execa(BIN('sbk-pack'), ['--store', dir], { reject: false, stdin: 'pipe' });
     child.stdin!.write(c.members[0]!.subarray(0, 50_000));
-    for (let i = 0; i < 100 && !(await readdir(dir).catch(() => [] as string[])).some((n) => n.startsWith('.incoming')); i++)
-      await new Promise((res) => setTimeout(res, 50));
+    await until(async () => (await readdir(dir).catch(() => [] as string[])).some((n) => n.startsWith('.incoming')), 'the incoming file', 5000).catch(() => {});
     child.kill('SIGTERM');
     const r = await child;
     expect(r.exitCode).toBe(143);
