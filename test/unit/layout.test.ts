@@ -18,7 +18,7 @@ import {
   partialSetDirName,
   formatTime,
 } from '../../src/core/layout.js';
-import { SbkError, ExitCode } from '../../src/core/errors.js';
+import { ExitCode } from '../../src/core/errors.js';
 import { sbkErrorOf } from '../helpers/errors.js';
 
 describe('resolveDirs', () => {
