@@ -1,6 +1,7 @@
 // The backup flow on real BTRFS: sbk-snap | sbk-send | sbk-pack, full and incremental, and
-// every kind of bad input the issue names. Archives are restored by hand (tar + cat +
-// btrfs receive) and compared with the snapshots by rsync -naHAXc.
+// bad input of every kind (unknown containers, volumes that are not subvolumes, malformed
+// records, the wrong stream, a terminal, a cut stream, a full disk). Archives are restored by
+// hand (tar + cat + btrfs receive) and compared with the snapshots by rsync -naHAXc.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { mkdtemp, mkdir, readdir, readFile, writeFile, rm, stat, appendFile, rename, symlink } from 'node:fs/promises';
 import { execa } from 'execa';

@@ -8,8 +8,8 @@ import { appendFile, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
-import { e2eMode, makeSandbox, makeContainer, sh, treeDiff, ROOT, type Sandbox } from '../helpers/sandbox.js';
-import { startSshd, type Sshd } from '../helpers/sshd.js';
+import { e2eMode, makeSandbox, makeContainer, sh, treeDiff, type Sandbox } from '../helpers/sandbox.js';
+import { remoteEnv, startSshdFor, type Sshd } from '../helpers/sshd.js';
 
 const mode = e2eMode();
 const VOLUMES = ['rootfs', 'home'];
@@ -54,19 +54,8 @@ describe.skipIf(mode === 'skip')('several containers in one pipe', () => {
 
   beforeAll(async () => {
     sb = await makeSandbox({ sizeMiB: 768 });
-    try {
-      sshd = await startSshd();
-    } catch (err) {
-      await sb.cleanup();
-      throw err;
-    }
-    env = {
-      SBK_SSH: sshd.sshCommand,
-      SBK_REMOTE_PATH: path.join(ROOT, 'bin'),
-      HOST: sshd.host,
-      T: sb.dir,
-      PATH: `${path.join(ROOT, 'pipelines')}:${path.join(ROOT, 'bin')}:${process.env.PATH}`,
-    };
+    sshd = await startSshdFor(sb);
+    env = { ...remoteEnv(sshd), T: sb.dir };
     for (const c of CONTAINERS) await makeContainer(sb, c, { volumes: VOLUMES });
   });
   afterAll(async () => {

@@ -5,8 +5,8 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { e2eMode, makeSandbox, makeContainer, sh, ROOT, type Sandbox } from '../helpers/sandbox.js';
-import { startSshd, type Sshd } from '../helpers/sshd.js';
+import { e2eMode, makeSandbox, makeContainer, sh, type Sandbox } from '../helpers/sandbox.js';
+import { remoteEnv, startSshdFor, type Sshd } from '../helpers/sshd.js';
 
 const mode = e2eMode();
 const NO_INPUT = /no input \(did the stage before fail\?\)/;
@@ -20,24 +20,11 @@ describe.skipIf(mode === 'skip')('pipelines exit with the first failing stage', 
 
   beforeAll(async () => {
     sb = await makeSandbox({ sizeMiB: 256 });
-    try {
-      sshd = await startSshd();
-    } catch (err) {
-      await sb.cleanup();
-      throw err;
-    }
+    sshd = await startSshdFor(sb);
     gnupg = path.join(sb.dir, 'gnupg');
     await mkdir(gnupg, { mode: 0o700 });
     await writeFile(path.join(sb.dir, 'passphrase'), 'pass\n', { mode: 0o600 });
-    env = {
-      SBK_SSH: sshd.sshCommand,
-      SBK_REMOTE_PATH: path.join(ROOT, 'bin'),
-      HOST: sshd.host,
-      STORE: path.join(sb.dir, 'store'),
-      KEY: path.join(sb.dir, 'passphrase'),
-      GNUPGHOME: gnupg,
-      PATH: `${path.join(ROOT, 'pipelines')}:${path.join(ROOT, 'bin')}:${process.env.PATH}`,
-    };
+    env = { ...remoteEnv(sshd), STORE: path.join(sb.dir, 'store'), KEY: path.join(sb.dir, 'passphrase'), GNUPGHOME: gnupg };
     // c1 has never been backed up: sbk-snap --incremental fails with 5 (no valid parent).
     await makeContainer(sb, 'c1', { volumes: ['rootfs'], content: false });
   });

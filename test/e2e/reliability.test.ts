@@ -6,9 +6,10 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { execa, type ResultPromise } from 'execa';
 import path from 'node:path';
 import { e2eMode, makeSandbox, makeContainer, randomish, sh, treeDiff, ROOT, type Sandbox } from '../helpers/sandbox.js';
+import { lockTaken, signalHandlersInstalled, until } from '../helpers/wait.js';
 
 const mode = e2eMode();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms)); // a kill's moment: the subject of a trial
 
 async function ls(dir: string): Promise<string[]> {
   return (await readdir(dir).catch(() => [] as string[])).sort();
@@ -49,6 +50,19 @@ function pipeline(script: string, sb: Sandbox): ResultPromise {
   });
 }
 
+/**
+ * Another process that takes `container`'s backup lock as sbk does, named `holder`, for `ms`;
+ * `held` resolves once it holds it (the process is no promise to await there: it ends at `ms`).
+ */
+function holdLock(sb: Sandbox, container: string, holder: string, ms: number): { child: ResultPromise; held: Promise<void> } {
+  const child = execa('node', ['-e', `
+    const { acquireLock, backupLockFile } = await import(${JSON.stringify(path.join(ROOT, 'dist/system/lock.js'))});
+    await acquireLock(backupLockFile(${JSON.stringify(sb.backupDir)}, ${JSON.stringify(container)}), { holder: ${JSON.stringify(holder)} });
+    console.log('held'); setTimeout(() => {}, ${ms});`], { input: '', buffer: false, reject: false });
+  const held = new Promise<void>((r) => child.stdout!.once('data', () => r()));
+  return { child, held };
+}
+
 describe.skipIf(mode === 'skip')('reliability on loopback BTRFS', () => {
   let sb: Sandbox;
   let c1 = '';
@@ -68,11 +82,8 @@ describe.skipIf(mode === 'skip')('reliability on loopback BTRFS', () => {
   describe('locks', () => {
     it('a second backup of the same container fails fast naming the holder, or waits with --wait', async () => {
       // Hold c1's lock from another process for 3 s.
-      const holder = execa('node', ['-e', `
-        const { acquireLock, backupLockFile } = await import(${JSON.stringify(path.join(ROOT, 'dist/system/lock.js'))});
-        await acquireLock(backupLockFile(${JSON.stringify(sb.backupDir)}, 'c1'), { holder: 'the lock test' });
-        console.log('held'); setTimeout(() => {}, 3000);`], { input: '', buffer: false, reject: false });
-      await new Promise<void>((r) => holder.stdout!.once('data', () => r()));
+      const { child: holder, held } = holdLock(sb, 'c1', 'the lock test', 3000);
+      await held;
       const t0 = Date.now();
       const busy = await sh('sbk-snap c1', sb);
       expect(busy.exitCode).toBe(7);
@@ -88,15 +99,13 @@ describe.skipIf(mode === 'skip')('reliability on loopback BTRFS', () => {
     });
 
     it('a SIGKILLed holder leaves no stale lock', async () => {
-      const holder = execa('node', ['-e', `
-        const { acquireLock, backupLockFile } = await import(${JSON.stringify(path.join(ROOT, 'dist/system/lock.js'))});
-        await acquireLock(backupLockFile(${JSON.stringify(sb.backupDir)}, 'c2'), { holder: 'a doomed holder' });
-        console.log('held'); setTimeout(() => {}, 60000);`], { input: '', buffer: false, reject: false });
-      await new Promise<void>((r) => holder.stdout!.once('data', () => r()));
+      const { child: holder, held } = holdLock(sb, 'c2', 'a doomed holder', 60_000);
+      await held;
       expect((await sh('sbk-snap c2 > /dev/null', sb)).exitCode).toBe(7);
       holder.kill('SIGKILL');
       await holder;
-      await sleep(200);
+      const lockFile = path.join(sb.backupDir, '.locks', 'c2.lock');
+      await until(async () => !(await lockTaken(lockFile)), 'the dead holder\'s lock to be free', 5000);
       expect((await sh('sbk-snap --wait=5 c2 | sbk-send | sbk-pack', sb)).exitCode).toBe(0);
     });
   });
@@ -140,9 +149,14 @@ describe.skipIf(mode === 'skip')('reliability on loopback BTRFS', () => {
     it('SIGTERM to sbk-pack: exit 143, no temporary file, nothing stored', async () => {
       const before = await ls(sb.backupDir);
       const run = pipeline('sbk-snap --full c1 | sbk-send | sbk-pack', sb);
-      await sleep(600);
-      const pack = (await stagePids(run.pid!)).get('sbk-pack');
+      // Stopped once it writes the archive (its temporary file is there), its handlers set.
+      let pack: number | undefined;
+      await until(async () => {
+        pack = (await stagePids(run.pid!)).get('sbk-pack');
+        return pack !== undefined && (await ls(sb.backupDir)).some((n) => n.includes('.tmp-') && !before.includes(n));
+      }, 'sbk-pack to write the archive', 30_000);
       expect(pack).toBeDefined();
+      await signalHandlersInstalled(pack!);
       process.kill(pack!, 'SIGTERM');
       const r = await run;
       expect(r.exitCode).toBe(143);
@@ -156,9 +170,11 @@ describe.skipIf(mode === 'skip')('reliability on loopback BTRFS', () => {
         stdin: 'ignore',
         env: { ...process.env, PATH: `${path.join(ROOT, 'bin')}:${process.env.PATH}`, ...sb.env },
       });
-      await sleep(500);
-      const send = (await stagePids(run.pid!)).get('sbk-send');
+      // Stopped once it runs with its handlers set (before or while it sends: either is a cut).
+      let send: number | undefined;
+      await until(async () => (send = (await stagePids(run.pid!)).get('sbk-send')) !== undefined, 'sbk-send to start', 30_000);
       expect(send).toBeDefined();
+      await signalHandlersInstalled(send!);
       process.kill(send!, 'SIGINT');
       const r = await run;
       const [, sendExit, packExit] = String(r.stdout).trim().split(' ').map(Number);
@@ -198,10 +214,11 @@ describe.skipIf(mode === 'skip')('reliability on loopback BTRFS', () => {
       // Killed once its temporary directory exists (the restore is under way), not after a fixed
       // time: a fast machine may finish the restore before any fixed sleep is over.
       let unpack: number | undefined;
-      for (let waited = 0; waited < 20_000 && unpack === undefined; waited += 10) {
-        await sleep(10);
+      const underWay = async () => {
         if ((await ls(sb.lxcDir)).some((n) => n.startsWith('.sbk-restore-killed-'))) unpack = (await stagePids(run.pid!)).get('sbk-unpack');
-      }
+        return unpack !== undefined;
+      };
+      await until(underWay, 'the restore to start', 20_000, 10).catch(() => {});
       expect(unpack).toBeDefined();
       process.kill(unpack!, 'SIGKILL');
       await run;

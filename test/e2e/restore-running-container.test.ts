@@ -7,17 +7,9 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { BIN, sh } from '../helpers/sandbox.js';
 import { lxcMode, makeLxcSandbox, LXC_EXTRA_VOLUMES, type LxcSandbox } from '../helpers/lxc.js';
+import { until } from '../helpers/wait.js';
 
 const mode = lxcMode();
-
-/** Waits for a condition (no fixed sleeps: the machine is slow and noisy). */
-async function until(cond: () => Promise<boolean>, what = 'condition'): Promise<void> {
-  const end = Date.now() + 60_000;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe.skipIf(mode === 'skip')('sbk-unpack --force and a running LXC container', () => {
   let sb: LxcSandbox;

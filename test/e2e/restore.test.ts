@@ -10,6 +10,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { e2eMode, makeSandbox, makeContainer, randomish, sh, treeDiff, BIN, type Sandbox } from '../helpers/sandbox.js';
 import { subvolumeInfo } from '../../src/system/btrfs.js';
+import { childCommands, until } from '../helpers/wait.js';
 
 const mode = e2eMode();
 const VOLUMES = ['rootfs', 'home', 'opt', 'var'];
@@ -298,15 +299,14 @@ describe.skipIf(mode === 'skip')('restore flow on loopback BTRFS', () => {
       const child = execa(BIN('sbk-unpack'), ['--as', 'sig'], { env: sb.env, reject: false, stdin: 'pipe' });
       // The Full, then silence: the restore waits for the next archive.
       child.stdin!.write(await readFile(points[0]!.archive));
-      let waited = 0;
-      for (;;) {
+      const received = async () => {
         const tmp = (await leftovers(sb))[0];
         const done = tmp ? await readdir(path.join(sb.lxcDir, tmp, 'r0')).catch(() => [] as string[]) : [];
-        if (done.length === VOLUMES.length) break;
-        if ((waited += 100) > 30_000) throw new Error('the restore did not start');
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      await new Promise((r) => setTimeout(r, 500));
+        return done.length === VOLUMES.length;
+      };
+      await until(received, 'the restore to start', 30_000, 100);
+      // The Full applied: no btrfs receive runs any more, sbk-unpack waits on stdin.
+      await until(async () => !(await childCommands(child.pid!)).some((c) => /\bbtrfs\b/.test(c)), 'the receives to end', 30_000);
       child.kill('SIGINT');
       const r = await child;
       expect(r.exitCode).toBe(130);

@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { e2eMode, makeSandbox, makeContainer, randomish, sh, treeDiff, ROOT, type Sandbox } from '../helpers/sandbox.js';
+import { lockTaken, until } from '../helpers/wait.js';
 
 const mode = e2eMode();
 
@@ -69,7 +70,7 @@ describe.skipIf(mode === 'skip')('retention on loopback BTRFS', () => {
     // -F: sleep itself holds the lock, so killing it releases the lock.
     const holder = execa('flock', ['-F', '-x', lock, 'sleep', '20'], { reject: false });
     try {
-      await new Promise((r) => setTimeout(r, 300));
+      await until(() => lockTaken(lock), 'the holder to take the lock');
       const locked = await sh('sbk-plan p1 --prune --keep-last 1 --delete', sb);
       expect(locked.exitCode).toBe(7);
       expect(locked.stderr).toMatch(/is locked by/);
@@ -171,8 +172,7 @@ describe.skipIf(mode === 'skip')('retention on loopback BTRFS', () => {
       env: { ...process.env, ...sb.env, PATH: `${path.join(ROOT, 'bin')}:${process.env.PATH}` },
     });
     try {
-      for (let i = 0; i < 100 && !(existsSync(rec) && (await readFile(rec, 'utf8')).endsWith('\n')); i++)
-        await new Promise((res) => setTimeout(res, 100));
+      await until(async () => existsSync(rec) && (await readFile(rec, 'utf8')).endsWith('\n'), 'the slow run\'s record', 10_000, 100).catch(() => {});
       const slowSet = JSON.parse(await readFile(rec, 'utf8')).set as string;
       // A faster run overtakes it and confirms, keeping 1: neither the slow set nor its parent may go.
       await change('k2', 3);

@@ -1,40 +1,27 @@
-// A volume's `btrfs send` that fails part way through a backup, through a `btrfs` on PATH that
-// runs the real one for everything else: the failure is reported with btrfs's message, the
-// archive has no trailer (so sbk-pack refuses it), and no send is left running.
+// sbk-send's failures. A volume's `btrfs send` that fails part way through a backup, through a
+// `btrfs` on PATH that runs the real one for everything else: the failure is reported with
+// btrfs's message, the archive has no trailer (so sbk-pack refuses it), and no send is left
+// running. A system error that is not sbk's own is reported once, by the error itself: passing
+// it on to stdout must not make it appear a second time as an error of stdout.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
-import { e2eMode, makeSandbox, makeContainer, randomish, sh, ROOT, type Sandbox } from '../helpers/sandbox.js';
+import { e2eMode, makeSandbox, makeContainer, randomish, sh, snapToFile, type Sandbox } from '../helpers/sandbox.js';
+import { fakeBtrfs, withBin } from '../helpers/fake-btrfs.js';
+import { alive } from '../helpers/wait.js';
 
 const mode = e2eMode();
 
 /** A `btrfs` that fails `send` of one volume's snapshot (after `delayMs`) and records its pid. */
 async function faultyBtrfs(dir: string, volume: string, opts: { delayMs?: number; pidFile: string }): Promise<string> {
-  const real = (await execa('bash', ['-c', 'command -v btrfs'])).stdout.trim();
-  await mkdir(dir, { recursive: true });
-  const script = [
-    '#!/bin/bash',
+  return fakeBtrfs(dir, () => [
     `if [ "$1" = send ]; then echo $$ >> ${opts.pidFile}; fi`,
     `if [ "$1" = send ] && [[ "\${@: -1}" == */${volume} ]]; then`,
     `  sleep ${(opts.delayMs ?? 0) / 1000}`,
     `  echo "ERROR: simulated failure sending ${volume}" >&2; exit 1`,
     'fi',
-    `exec ${real} "$@"`,
-  ].join('\n');
-  await writeFile(path.join(dir, 'btrfs'), script + '\n');
-  await chmod(path.join(dir, 'btrfs'), 0o755);
-  return dir;
+  ]);
 }
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe.skipIf(mode === 'skip')('sbk-send when a volume\'s send fails', () => {
   let sb: Sandbox;
@@ -44,10 +31,7 @@ describe.skipIf(mode === 'skip')('sbk-send when a volume\'s send fails', () => {
     sb = await makeSandbox({ sizeMiB: 512, name: 'sendfail' });
     const c = await makeContainer(sb, 'c1');
     await writeFile(path.join(c, 'rootfs/payload.bin'), randomish(24 * 1024 * 1024, 9));
-    const r = await sh('sbk-snap c1', sb);
-    expect(r.exitCode, r.stderr).toBe(0);
-    record = path.join(sb.dir, 'rec.ndjson');
-    await writeFile(record, r.stdout);
+    record = await snapToFile(sb, 'c1');
   }, 120_000);
 
   afterAll(async () => {
@@ -66,7 +50,7 @@ describe.skipIf(mode === 'skip')('sbk-send when a volume\'s send fails', () => {
   it('a later volume whose send fails is reported with btrfs\'s message; the archive has no trailer', async () => {
     const pids = path.join(sb.dir, 'pids-early');
     const bin = await faultyBtrfs(path.join(sb.dir, 'bin-early'), 'opt', { pidFile: pids });
-    const r = await sh(`sbk-send < ${record} > ${sb.dir}/early.tar`, sb, { env: { PATH: `${bin}:${path.join(ROOT, 'bin')}:${process.env.PATH}` } });
+    const r = await sh(`sbk-send < ${record} > ${sb.dir}/early.tar`, sb, withBin(bin));
     expect(r.exitCode).not.toBe(0);
     expect(r.stderr).toMatch(/simulated failure sending opt/);
     expect(r.stderr.match(/simulated failure/g)).toHaveLength(1); // reported once
@@ -83,11 +67,41 @@ describe.skipIf(mode === 'skip')('sbk-send when a volume\'s send fails', () => {
   it('a send that fails after a while: non-zero exit, and no btrfs send is left running', async () => {
     const pids = path.join(sb.dir, 'pids-stop');
     const bin = await faultyBtrfs(path.join(sb.dir, 'bin-stop'), 'home', { delayMs: 300, pidFile: pids });
-    const r = await sh(`sbk-send < ${record} > /dev/null`, sb, { env: { PATH: `${bin}:${path.join(ROOT, 'bin')}:${process.env.PATH}` } });
+    const r = await sh(`sbk-send < ${record} > /dev/null`, sb, withBin(bin));
     expect(r.exitCode).not.toBe(0);
     expect(r.stderr).toMatch(/simulated failure sending home/);
     const started = (await readFile(pids, 'utf8')).split('\n').filter(Boolean).map(Number);
     expect(started.length).toBe(2); // rootfs, then home; nothing after the failure
     expect(started.filter(alive)).toEqual([]);
   }, 120_000);
+});
+
+describe.skipIf(mode === 'skip')('sbk-send reports a system error once', () => {
+  let sb: Sandbox;
+  let records = '';
+
+  beforeAll(async () => {
+    sb = await makeSandbox({ sizeMiB: 256, name: 'senderr' });
+    await makeContainer(sb, 'c1');
+    records = await snapToFile(sb, 'c1');
+  }, 120_000);
+
+  afterAll(async () => {
+    await sb?.cleanup();
+  });
+
+  it('the container directory went away after the snapshots were taken', async () => {
+    const c = path.join(sb.lxcDir, 'c1');
+    await rename(c, `${c}.moved`);
+    try {
+      for (const out of ['> /dev/null', '| cat > /dev/null']) {
+        const r = await sh(`sbk-send < ${records} ${out}`, sb);
+        expect(r.exitCode).toBe(5);
+        const lines = r.stderr.split('\n').filter(Boolean);
+        expect(lines, r.stderr).toEqual([`sbk-send: ${c}: no such file or directory`]);
+      }
+    } finally {
+      await rename(`${c}.moved`, c);
+    }
+  });
 });

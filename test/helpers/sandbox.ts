@@ -1,5 +1,6 @@
 // Real BTRFS for the e2e tests: a loop-mounted image file in a temp dir, with a sandbox LXC
 // dir and Subutai-style containers. Every sandbox is unmounted and deleted in teardown.
+import { expect } from 'vitest';
 import { execa, type Options } from 'execa';
 import { mkdtemp, mkdir, writeFile, rm, symlink, link, readFile } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
@@ -260,4 +261,13 @@ export async function treeDiff(a: string, b: string): Promise<string[]> {
 
 export async function readJsonLines(file: string): Promise<unknown[]> {
   return (await readFile(file, 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+}
+
+/** Snapshots `container` (sbk-snap) and keeps its backup record in `<sb.dir>/<file>`; returns that path. */
+export async function snapToFile(sb: Sandbox, container: string, file = 'rec.ndjson'): Promise<string> {
+  const r = await sh(`sbk-snap ${container}`, sb);
+  expect(r.exitCode, String(r.stderr)).toBe(0);
+  const records = path.join(sb.dir, file);
+  await writeFile(records, String(r.stdout));
+  return records;
 }

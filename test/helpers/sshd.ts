@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { ROOT, type Sandbox } from './sandbox.js';
 
 export const SSHD = '/usr/sbin/sshd';
 
@@ -151,4 +152,30 @@ export async function startSshd(): Promise<Sshd> {
     await stop();
     throw err;
   }
+}
+
+/**
+ * Starts an sshd for the tests of `sb`; if it cannot start, `sb` is cleaned up before the error
+ * goes on (the suite's afterAll would not know the sandbox is there).
+ */
+export async function startSshdFor(sb: Sandbox): Promise<Sshd> {
+  try {
+    return await startSshd();
+  } catch (err) {
+    await sb.cleanup();
+    throw err;
+  }
+}
+
+/**
+ * The env of the remote pipelines against `sshd`: the ssh command, sbk's bin/ as the remote
+ * PATH, the Host alias as HOST, and the pipelines with the sbk binaries first on PATH.
+ */
+export function remoteEnv(sshd: Sshd): Record<string, string> {
+  return {
+    SBK_SSH: sshd.sshCommand,
+    SBK_REMOTE_PATH: path.join(ROOT, 'bin'),
+    HOST: sshd.host,
+    PATH: `${path.join(ROOT, 'pipelines')}:${path.join(ROOT, 'bin')}:${process.env.PATH}`,
+  };
 }

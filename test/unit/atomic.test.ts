@@ -1,3 +1,6 @@
+// Atomic files (src/system/atomic.ts): temporary names, a file that appears whole under its
+// final name or not at all (commit, abort, noClobber), writeFileAtomic, fsyncDir, and the
+// write-behind flush of big files.
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -6,6 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
 import { createAtomicFile, writeFileAtomic, tempNameFor, isTempName, fsyncDir, WriteBehind } from '../../src/system/atomic.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
+import { until } from '../helpers/wait.js';
 
 // Faults the file system cannot be made to give on demand without root: short writes (what
 // write(2) returns when the disk fills part way) and write errors (ENOSPC). Off unless a test
@@ -150,11 +154,12 @@ describe('createAtomicFile', () => {
 
   it('abort in the middle of a stream that is being written', async () => {
     const f = await createAtomicFile(path.join(dir, 'mid'));
+    let yielded = 0;
     const src = Readable.from((function* () {
-      for (let i = 0; i < 100; i++) yield data(64 * 1024, i);
+      for (let i = 0; i < 100; i++, yielded++) yield data(64 * 1024, i);
     })());
     const piping = pipeline(src, f.stream).catch((e: unknown) => e);
-    await new Promise((r) => setTimeout(r, 5));
+    await until(() => yielded >= 2, 'the stream to be under way', 5000, 1);
     await f.abort();
     await piping;
     expect(await ls()).toEqual([]);
@@ -345,7 +350,12 @@ describe('WriteBehind (flushing a big file while it is written)', () => {
     const final = path.join(dir, 'cut.tar.gz');
     const f = await createAtomicFile(final, 0o644, { writeBehind: 1 });
     f.stream.write(data(300_000));
-    await new Promise((r) => setTimeout(r, 5));
+    // The bytes reached the temporary file: its write-behind flush is under way.
+    const written = async () => {
+      for (const n of await readdir(dir)) if ((await stat(path.join(dir, n)).catch(() => undefined))?.size) return true;
+      return false;
+    };
+    await until(written, 'the temporary file to be written', 5000, 1);
     await f.abort();
     expect(await ls()).toEqual([]);
   });

@@ -1,17 +1,16 @@
 // Chain planning on synthetic archives (no BTRFS): linking by manifest, --at, gaps, foreign
-// containers, unrelated Fulls, unreadable archives, the original Subutai layout, and sbk-plan.
+// containers, unrelated Fulls, unreadable archives, the original Subutai layout.
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { mkdtemp, rm, writeFile, truncate, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { execa } from 'execa';
 import { scanStore, planRestore, parseAtTime, listRows, type ArchiveFile } from '../../src/stages/plan/chain.js';
 import { readArchiveHead } from '../../src/formats/archive/open.js';
 import { linkProblem } from '../../src/formats/archive/links.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
 import type { Manifest } from '../../src/formats/archive/archive.js';
 import { synthManifest, synthArchive, legacyArchive } from '../fixtures/archives/synthetic.js';
-import { BIN } from '../helpers/sandbox.js';
+import { storeArchive, storeChain4 } from '../helpers/stores.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -22,19 +21,10 @@ afterEach(async () => {
 });
 
 const fileOf = (m: Manifest) => `${m.name}.tar.gz`;
-async function store(m: Manifest, opts: Parameters<typeof synthArchive>[1] = {}): Promise<Manifest> {
-  await writeFile(path.join(dir, fileOf(m)), await synthArchive(m, opts));
-  return m;
-}
+const store = (m: Manifest, opts: Parameters<typeof synthArchive>[1] = {}) => storeArchive(dir, m, opts);
 
 /** F ← I1 ← I2 ← I3 for `container`, stored; returns the manifests. */
-async function chain4(container = 'c1', t0 = 1_700_000_000): Promise<Manifest[]> {
-  const f = await store(synthManifest({ container, time: t0, full: true }));
-  const i1 = await store(synthManifest({ container, time: t0 + 100, full: false, parent: f }));
-  const i2 = await store(synthManifest({ container, time: t0 + 200, full: false, parent: i1 }));
-  const i3 = await store(synthManifest({ container, time: t0 + 300, full: false, parent: i2 }));
-  return [f, i1, i2, i3];
-}
+const chain4 = (container?: string, t0?: number) => storeChain4(dir, container, t0);
 
 async function plan(container: string, at?: number) {
   return planRestore(await scanStore(dir, container), container, dir, at);
@@ -259,57 +249,6 @@ describe('listRows', () => {
     ]);
     expect(rows[1]!.problem).toMatch(/needs its parent c1_1700000100/);
     expect(rows[1]!.parent).toBe('c1_1700000100');
-  });
-});
-
-describe('sbk-plan', () => {
-  const run = (args: string[], opts: { shell?: string } = {}) =>
-    opts.shell
-      ? execa('bash', ['-o', 'pipefail', '-c', opts.shell], { reject: false, env: { PATH: `${path.dirname(BIN('x'))}:${process.env.PATH}` } })
-      : execa(BIN('sbk-plan'), args, { reject: false });
-
-  it('prints one path per line, oldest first', async () => {
-    const ms = await chain4();
-    const r = await run(['c1', '--dir', dir]);
-    expect(r.exitCode).toBe(0);
-    expect(r.stdout.split('\n')).toEqual(ms.map((m) => path.join(dir, fileOf(m))));
-    const at = await run(['c1', '--dir', dir, '--at', new Date((ms[1]!.time + 5) * 1000).toISOString()]);
-    expect(at.stdout.split('\n')).toEqual(ms.slice(0, 2).map((m) => path.join(dir, fileOf(m))));
-  });
-
-  it('--list --json gives NDJSON; a reader leaving early is fine', async () => {
-    await chain4();
-    const r = await run(['c1', '--dir', dir, '--list', '--json']);
-    expect(r.exitCode).toBe(0);
-    const rows = r.stdout.split('\n').map((l) => JSON.parse(l) as { name: string; chain: string; size: number });
-    expect(rows).toHaveLength(4);
-    expect(rows.every((x) => x.chain === 'complete' && x.size > 0)).toBe(true);
-    const table = await run(['c1', '--dir', dir, '--list']);
-    expect(table.stdout.split('\n')[0]).toMatch(/^DATE +NAME +KIND +SIZE +PARENT +CHAIN$/);
-    expect(table.stdout).toMatch(/c1_1700000300 +Incr +\d+ +c1_1700000200 +complete \(4 archives\)/);
-    const head = await run([], { shell: `sbk-plan c1 --dir '${dir}' --list | head -1` });
-    expect(head.exitCode).toBe(0);
-    expect(head.stderr).toBe('');
-  });
-
-  it('exits 5 with one line when there is nothing to restore, 2 on a bad --at', async () => {
-    const r = await run(['nosuch', '--dir', dir]);
-    expect(r.exitCode).toBe(5);
-    expect(r.stderr).toBe(`sbk-plan: no backup of nosuch in ${dir}`);
-    const bad = await run(['c1', '--dir', dir, '--at', 'soon']);
-    expect(bad.exitCode).toBe(2);
-    const missing = await run(['c1', '--dir', path.join(dir, 'nope')]);
-    expect(missing.exitCode).toBe(5);
-    expect(missing.stderr).toMatch(/backup directory .*nope does not exist/);
-  });
-
-  it('exits 5 naming the missing parent of a gap', async () => {
-    const [, i1] = await chain4();
-    await rm(path.join(dir, fileOf(i1!)));
-    const r = await run(['c1', '--dir', dir]);
-    expect(r.exitCode).toBe(5);
-    expect(r.stderr).toContain('needs its parent c1_1700000100');
-    expect(r.stdout).toBe('');
   });
 });
 

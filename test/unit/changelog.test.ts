@@ -1,5 +1,5 @@
 // The changelog rules without a filesystem: the stream model on recorded fixture streams
-// (--from-stream semantics), escaping, ordering and rsync's itemized lines.
+// (--from-stream semantics), escaping (non-ASCII mount points too), ordering and rsync's itemized lines.
 import { describe, it, expect } from 'vitest';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
@@ -244,6 +244,21 @@ describe('rsync itemized lines', () => {
   it('refuses short and foreign lines instead of crashing on them', () => {
     for (const l of ['', 'x', '>f+++', 'sending incremental file list', 'created directory /x', '>f+++++++++x']) {
       expect(parseRsyncLine(l)).toBeUndefined();
+    }
+  });
+});
+
+// The mount point of a volume is an ordinary string (from the LXC config or --mount): a
+// non-ASCII one must come out as its UTF-8 characters, not escaped as if each UTF-16 code unit
+// were a byte.
+describe('changelog mount points', () => {
+  it('a non-ASCII mount point is written as UTF-8 text, and reads back', () => {
+    const rel = Buffer.from('café', 'utf8').toString('latin1'); // paths in a volume: raw bytes
+    for (const mount of ['/données', '/数据', '/srv/😀']) {
+      const text = formatChangelog(toLines([{ action: 'added', rel, dir: false }, { action: 'modified', rel: '', dir: true }], mount));
+      expect(text).toBe(`modified ${mount}/\nadded ${mount}/café\n`);
+      const back = parseChangelogLine(text.split('\n')[1]!)!;
+      expect(Buffer.from(back.path, 'latin1').toString('utf8')).toBe(`${mount}/café`);
     }
   });
 });

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import zlib from 'node:zlib';
 import { createGzipCompressor, createGunzip, MIN_BLOCK_SIZE, type GzipOptions } from '../../src/formats/codecs/gzip.js';
 import { crc32, jsCrc32 } from '../../src/formats/codecs/crc32.js';
+import { until } from '../helpers/wait.js';
 
 const B = MIN_BLOCK_SIZE; // small blocks keep the tests fast and still cross many boundaries
 
@@ -65,13 +66,6 @@ function expectDecompressesEverywhere(gz: Buffer, data: Buffer): void {
   expect(run('pigz', ['-dc'], gz).equals(data)).toBe(true);
   expect(run('python3', ['-c', PY], gz).equals(data)).toBe(true);
 }
-
-const until = async (cond: () => boolean, ms = 5000) => {
-  for (const end = Date.now() + ms; !cond(); ) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-};
 
 /** Waits until `get()` stops changing for `quiet` ms (the stream has stalled). */
 async function settle(get: () => number, quiet = 150): Promise<number> {
@@ -222,7 +216,7 @@ describe('createGzipCompressor flow control and errors', () => {
     while (gz.write(chunk)) if (++writes > 10_000) break;
     expect(writes).toBeLessThan(64); // well under 1 MiB was accepted
     gz.destroy();
-    await until(() => gz.closed);
+    await until(() => gz.closed, 'the compressor to close', 5000, 5);
   });
 
   it('keeps memory bounded with a slow consumer', async () => {
@@ -257,8 +251,10 @@ describe('createGzipCompressor flow control and errors', () => {
     await new Promise((r) => setImmediate(r)); // blocks are now on the thread pool
     destroyed = true;
     gz.destroy(new Error('boom'));
-    await until(() => gz.closed);
-    await new Promise((r) => setTimeout(r, 100)); // let the in-flight deflates come back
+    await until(() => gz.closed, 'the compressor to close', 5000, 5);
+    // A window for the in-flight deflates to come back: what is checked is that nothing comes
+    // out of them, which no condition can signal.
+    await new Promise((r) => setTimeout(r, 100));
     expect(errors.map((e) => e.message)).toEqual(['boom']);
     expect(dataAfter).toBe(0);
   });

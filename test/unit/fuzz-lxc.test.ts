@@ -1,4 +1,4 @@
-// Property-based fuzzing of the LXC config parser and what is read from it (issue 6, Fuzzing):
+// Property-based fuzzing of the LXC config parser and what is read from it:
 // any text parses and serializes back byte for byte; configVolumes on random and hostile
 // configs gives volumes that are the container's own subvolumes or fails with an SbkError
 // (exit 3), never another exception; the restore rewrite moves exactly the paths under the old

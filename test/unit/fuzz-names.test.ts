@@ -1,4 +1,4 @@
-// Property-based fuzzing of names and lines (issue 6, Fuzzing and Hostile names): container,
+// Property-based fuzzing of names and lines (hostile names too): container,
 // volume, archive and set-directory names (src/core/layout.ts), and the changelog's path escaping
 // and line format (src/formats/changelog-lines.ts). Any string: a clean usage error (exit 2) or a valid
 // name, never another exception; every valid name round-trips through the file names made from

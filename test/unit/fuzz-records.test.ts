@@ -1,4 +1,4 @@
-// Property-based fuzzing of the backup-record (NDJSON) reader (issue 6, Fuzzing): random bytes,
+// Property-based fuzzing of the backup-record (NDJSON) reader: random bytes,
 // random JSON, and valid records mutated field by field or byte by byte. Whatever comes in,
 // readRecords yields valid records or fails with an SbkError of exit code 3 naming the line;
 // never another exception, never a hang. Valid records round-trip through formatRecord,
@@ -9,43 +9,9 @@ import { describe, it, expect } from 'vitest';
 import { readRecords, formatRecord, checkRecord, RECORD_FORMAT, type BackupRecord } from '../../src/formats/record.js';
 import { isValidContainerName, isValidVolumeName } from '../../src/core/layout.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
+import { chunked, editJson as mutateJson, guarded, settler, type JsonEdit as FieldMutation, type Outcome } from '../helpers/fuzz.js';
 
-const HANG_MS = 5000;
-
-async function guarded<T>(p: Promise<T>, what: string, ms = HANG_MS): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const hang = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`hang: ${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, hang]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-type Outcome<T> = { ok: true; value: T } | { ok: false; err: SbkError };
-
-async function settle<T>(what: string, fn: () => Promise<T>, codes: number[] = [ExitCode.badInput]): Promise<Outcome<T>> {
-  try {
-    return { ok: true, value: await guarded(fn(), what) };
-  } catch (err) {
-    if (!(err instanceof SbkError)) throw new Error(`${what}: not an SbkError: ${(err as Error)?.stack ?? String(err)}`);
-    if (!codes.includes(err.exitCode)) throw new Error(`${what}: exit code ${err.exitCode} (${err.message})`);
-    if (/[\n\r]/.test(err.message)) throw new Error(`${what}: a message of several lines: ${JSON.stringify(err.message)}`);
-    return { ok: false, err };
-  }
-}
-
-function chunked(buf: Buffer, sizes: readonly number[]): Buffer[] {
-  const out: Buffer[] = [];
-  for (let at = 0, i = 0; at < buf.length; i++) {
-    const n = Math.max(1, sizes[i % sizes.length]!);
-    out.push(buf.subarray(at, at + n));
-    at += n;
-  }
-  return out;
-}
+const settle = settler([ExitCode.badInput]);
 
 /** A byte stream of `buf` in chunks of `sizes`. */
 const streamOf = (buf: Buffer, sizes: number[]) => Readable.from(chunked(buf, sizes), { objectMode: false });
@@ -163,39 +129,7 @@ describe('fuzz: valid records', () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Damaged and hostile input
-
-type Path = (string | number)[];
-
-/** Every path to a value inside a JSON value (objects and arrays), the root included. */
-function paths(v: unknown, at: Path = []): Path[] {
-  const out: Path[] = [at];
-  if (Array.isArray(v)) v.forEach((x, i) => out.push(...paths(x, [...at, i])));
-  else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) out.push(...paths(x, [...at, k]));
-  return out;
-}
-
-type FieldMutation = { op: 'set' | 'delete' | 'add'; pick: number; value: unknown; key: string };
-
-/** Applies one mutation to a copy of a JSON value at the path chosen by `pick`. */
-function mutateJson(v: unknown, m: FieldMutation): unknown {
-  const root = { v: structuredClone(v) } as Record<string, unknown>;
-  const all = paths(root.v).map((p) => ['v', ...p]);
-  const p = all[m.pick % all.length]!;
-  const parent = p.slice(0, -1).reduce<any>((o, k) => o[k], root);
-  const last = p.at(-1)!;
-  if (m.op === 'set') parent[last] = m.value;
-  else if (m.op === 'delete') {
-    if (Array.isArray(parent)) parent.splice(Number(last), 1);
-    else delete parent[last];
-  } else {
-    const target = parent[last];
-    if (Array.isArray(target)) target.push(m.value);
-    else if (target && typeof target === 'object') (target as Record<string, unknown>)[m.key] = m.value;
-    else parent[last] = m.value;
-  }
-  return root.v;
-}
+// Damaged and hostile input (JSON edited with editJson, as mutateJson, from test/helpers/fuzz.ts)
 
 const jsonArb = fc.jsonValue({ maxDepth: 3 });
 const interesting = fc.oneof(

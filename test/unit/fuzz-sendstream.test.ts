@@ -1,4 +1,4 @@
-// Property-based fuzzing of the send-stream parser (issue 6, Fuzzing): random bytes, recorded
+// Property-based fuzzing of the send-stream parser: random bytes, recorded
 // streams damaged at the byte level, and streams damaged at the command level and re-checksummed
 // (so that the damage gets past the CRC32C into the decoder). Whatever the input, every entry
 // point (readSendStream, and SendStreamReader verifying alone, as a pipeline() sink and inside a
@@ -26,53 +26,17 @@ import { changesFromModel } from '../../src/stages/changelog/changelog.js';
 import { modelFromStream } from '../../src/stages/changelog/model.js';
 import { formatChangelog, parseChangelogLine, toLines } from '../../src/formats/changelog-lines.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
+import { chunked, guarded, settler, type Outcome } from '../helpers/fuzz.js';
 
 const FIX = new URL('../fixtures/sendstream/', import.meta.url);
 const STREAMS = ['v1-full', 'v1-full-nodata', 'v1-incr', 'v1-incr-nodata', 'v2-full', 'v2-full-compressed', 'v2-incr-nodata'];
 const FIXTURES = new Map(STREAMS.map((n) => [n, readFileSync(new URL(`${n}.stream`, FIX))]));
 const MAGIC = Buffer.from(SEND_STREAM_MAGIC, 'latin1');
-const HANG_MS = 5000;
 
 // ---------------------------------------------------------------------------------------------
 // Running every entry point on one input
 
-/** Fails (with a plain Error, so the property fails) when `p` does not settle in time. */
-async function guarded<T>(p: Promise<T>, what: string, ms = HANG_MS): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const hang = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`hang: ${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, hang]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-type Outcome<T> = { ok: true; value: T } | { ok: false; err: SbkError };
-
-/** Runs `fn`; an SbkError of an allowed exit code is an outcome, anything else fails the property. */
-async function settle<T>(what: string, fn: () => Promise<T>, codes: number[] = [ExitCode.badInput, ExitCode.corrupt]): Promise<Outcome<T>> {
-  try {
-    return { ok: true, value: await guarded(fn(), what) };
-  } catch (err) {
-    if (!(err instanceof SbkError)) throw new Error(`${what}: not an SbkError: ${(err as Error)?.stack ?? String(err)}`);
-    if (!codes.includes(err.exitCode)) throw new Error(`${what}: exit code ${err.exitCode} (${err.message})`);
-    if (/[\n\r]/.test(err.message)) throw new Error(`${what}: a message of several lines: ${JSON.stringify(err.message)}`);
-    return { ok: false, err };
-  }
-}
-
-/** Splits a buffer into chunks of the given sizes (cycled). */
-function chunked(buf: Buffer, sizes: readonly number[]): Buffer[] {
-  const out: Buffer[] = [];
-  for (let at = 0, i = 0; at < buf.length; i++) {
-    const n = Math.max(1, sizes[i % sizes.length]!);
-    out.push(buf.subarray(at, at + n));
-    at += n;
-  }
-  return out;
-}
+const settle = settler([ExitCode.badInput, ExitCode.corrupt]);
 
 type SourceKind = 'array' | 'generator' | 'readable';
 function source(parts: Buffer[], kind: SourceKind): Iterable<Buffer> | AsyncIterable<Buffer> {

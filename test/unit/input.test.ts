@@ -1,3 +1,5 @@
+// Input sniffing (src/formats/input.ts): what kind of stream a stage was given (records,
+// tar, gzip, send stream, paths, a terminal) from its first bytes, and peeking without loss.
 import { createReadStream } from 'node:fs';
 import { mkdtemp, writeFile, rm } from 'node:fs/promises';
 import os from 'node:os';

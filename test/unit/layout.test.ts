@@ -1,3 +1,5 @@
+// The on-disk names and places (src/core/layout.ts): the LXC and backup dirs, container and
+// volume names, and the names of backups, sets, archives and changelogs, parsed and made.
 import path from 'node:path';
 import { describe, it, expect } from 'vitest';
 import {
@@ -15,18 +17,8 @@ import {
   partialSetName,
   formatTime,
 } from '../../src/core/layout.js';
-import { SbkError, ExitCode } from '../../src/core/errors.js';
-
-/** Runs fn and returns the SbkError it throws (fails the test when it throws something else). */
-function sbkErrorOf(fn: () => unknown): SbkError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(SbkError);
-    return err as SbkError;
-  }
-  throw new Error('expected an SbkError, nothing was thrown');
-}
+import { ExitCode } from '../../src/core/errors.js';
+import { sbkErrorOf } from '../helpers/errors.js';
 
 describe('resolveDirs', () => {
   it('defaults to the Subutai LXC dir and <lxc-dir>/backups', () => {

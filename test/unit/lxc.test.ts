@@ -1,3 +1,6 @@
+// The LXC config (src/formats/lxc-config.ts): parsing and byte-exact serializing, values, fstab
+// fields, the rootfs, the volumes of a container in LXC 2 and LXC 3 syntax (what is skipped and
+// why, a config written for another lxc dir), and reading a container's config.
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,6 +18,7 @@ import {
 } from '../../src/formats/lxc-config.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
 import { sampleConfig } from '../helpers/sandbox.js';
+import { sbkErrorOf as errorOf } from '../helpers/errors.js';
 
 const LXC = '/var/snap/subutai/common/lxc';
 const C1 = `${LXC}/c1`;
@@ -88,16 +92,6 @@ const FOUR = [
 
 function volumesOf(text: string, containerDir = C1): ConfigVolumes {
   return configVolumes(parseLxcConfig(text), containerDir);
-}
-
-function errorOf(fn: () => unknown): SbkError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(SbkError);
-    return err as SbkError;
-  }
-  throw new Error('expected an SbkError, nothing was thrown');
 }
 
 /** A minimal LXC 2 config with the given extra lines. */

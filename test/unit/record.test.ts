@@ -1,3 +1,6 @@
+// Backup records (src/formats/record.ts): the NDJSON lines sbk-snap writes and the stages read:
+// valid input, malformed records named by line, other kinds of input refused up front, a
+// failing input.
 import { Readable, PassThrough } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';

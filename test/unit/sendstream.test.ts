@@ -15,6 +15,7 @@ import {
 } from '../../src/formats/sendstream/reader.js';
 import { crc32c, crc32cUpdate } from '../../src/formats/sendstream/crc32c.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
+import { chunked } from '../helpers/fuzz.js';
 
 /** Verifies a whole stream without decoding it: the reader with decode 'first'. */
 async function verifySendStream(parts: Buffer[]) {
@@ -60,16 +61,6 @@ const STREAMS = [
   'v2-incr-nodata',
 ] as const;
 
-/** Splits a buffer into chunks of the given sizes (cycling), as a pipe would deliver it. */
-function chunked(buf: Buffer, sizes: number[]): Buffer[] {
-  const out: Buffer[] = [];
-  for (let at = 0, i = 0; at < buf.length; i++) {
-    const n = Math.max(1, sizes[i % sizes.length]!);
-    out.push(buf.subarray(at, at + n));
-    at += n;
-  }
-  return out;
-}
 
 async function parseAll(chunks: Iterable<Buffer> | Buffer, opts: { wantData?: boolean } = {}): Promise<SendCommand[]> {
   const src = Buffer.isBuffer(chunks) ? [chunks] : chunks;

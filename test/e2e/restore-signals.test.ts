@@ -2,22 +2,8 @@
 // a writer that has not started): it must stop at once with 130/143, not wait for the writer.
 import { describe, it, expect } from 'vitest';
 import { execa } from 'execa';
-import { readFile } from 'node:fs/promises';
 import { BIN } from '../helpers/sandbox.js';
-
-/**
- * Resolves once sbk's CLI has set its signal handlers: Node itself catches SIGINT/SIGTERM from its
- * start, but SIGPIPE is ignored until a listener is added, which runCli does beside the others.
- */
-async function signalHandlersInstalled(pid: number): Promise<void> {
-  const want = 1n << 12n; // SIGPIPE (13) caught
-  for (;;) {
-    const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
-    const m = /^SigCgt:\s*([0-9a-f]+)/m.exec(status);
-    if (m && (BigInt(`0x${m[1]}`) & want) === want) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+import { signalHandlersInstalled } from '../helpers/wait.js';
 
 describe('sbk-unpack waiting for stdin', () => {
   for (const [sig, code] of [['SIGTERM', 143], ['SIGINT', 130]] as const) {

@@ -6,9 +6,9 @@ import { readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { e2eMode, makeSandbox, makeContainer, randomish, ROOT, type Sandbox } from '../helpers/sandbox.js';
+import { until } from '../helpers/wait.js';
 
 const mode = e2eMode();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.skipIf(mode === 'skip')('sbk-pack failing while sbk-send still sends', () => {
   let sb: Sandbox;
@@ -33,10 +33,11 @@ describe.skipIf(mode === 'skip')('sbk-pack failing while sbk-send still sends', 
     // sbk-pack's pid ($! is the last stage of the background pipeline).
     const pid = await new Promise<number>((resolve) => run.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim()))));
     // Stop it once a megabyte of the archive is written: deep inside the big volume's send.
-    for (const t0 = Date.now(); Date.now() - t0 < 30_000; await sleep(50)) {
+    const archiveWritten = async () => {
       const temp = (await readdir(sb.backupDir).catch(() => [] as string[])).find((n) => n.includes('.tmp-'));
-      if (temp && ((await stat(path.join(sb.backupDir, temp)).catch(() => undefined))?.size ?? 0) > 1024 * 1024) break;
-    }
+      return !!temp && ((await stat(path.join(sb.backupDir, temp)).catch(() => undefined))?.size ?? 0) > 1024 * 1024;
+    };
+    await until(archiveWritten, 'a megabyte of the archive', 30_000);
     process.kill(pid, 'SIGTERM');
     const r = await run;
     expect(r.stderr).not.toMatch(/could not remove/);

@@ -3,30 +3,26 @@
 // received subvolume (deleted once applied). A chain lock serializes them: exit 7 without
 // --wait, after the first with it. The first restore is paused by a slow `btrfs receive`.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
 import { e2eMode, makeSandbox, sh, ROOT, type Sandbox } from '../helpers/sandbox.js';
+import { fakeBtrfs } from '../helpers/fake-btrfs.js';
+import { FIXTURE_ARCHIVES as FIXTURES } from '../helpers/restore.js';
+import { until } from '../helpers/wait.js';
 
 const mode = e2eMode();
-const FIXTURES = path.join(ROOT, 'test/fixtures/archives');
 const CHAIN = `'${FIXTURES}/fx_1795673813_Full.tar.gz' '${FIXTURES}/fx_1795673814.tar.gz'`;
 
 /** A `btrfs` that sleeps before each `receive`, then runs the real one. */
 async function slowBtrfs(dir: string, seconds: number): Promise<string> {
-  const real = (await execa('bash', ['-c', 'command -v btrfs'])).stdout.trim();
-  await mkdir(dir, { recursive: true });
-  const script = ['#!/bin/bash', `if [ "$1" = receive ]; then sleep ${seconds}; fi`, `exec ${real} "$@"`].join('\n');
-  await writeFile(path.join(dir, 'btrfs'), script + '\n');
-  await chmod(path.join(dir, 'btrfs'), 0o755);
-  return dir;
+  return fakeBtrfs(dir, () => [`if [ "$1" = receive ]; then sleep ${seconds}; fi`]);
 }
 
 describe.skipIf(mode === 'skip')('sbk-unpack: concurrent restores of one chain', () => {
   let sb: Sandbox;
 
   beforeAll(async () => {
-    sb = await makeSandbox({ sizeMiB: 256, name: 'fix-restore-chain-lock' });
+    sb = await makeSandbox({ sizeMiB: 256, name: 'restore-locks' });
     await mkdir(sb.lxcDir, { recursive: true });
   });
   afterAll(async () => {
@@ -44,8 +40,7 @@ describe.skipIf(mode === 'skip')('sbk-unpack: concurrent restores of one chain',
     const bin = await slowBtrfs(path.join(sb.dir, 'slow-bin'), 1.5);
     const first = sh(`sbk-unpack --as a1 ${CHAIN}`, sb, { env: { PATH: `${path.join(ROOT, 'bin')}:${bin}:${process.env.PATH}` } });
     // The first holds the chain lock once its temporary directory exists.
-    for (let i = 0; i < 100 && !(await readdir(sb.lxcDir)).some((n) => n.startsWith('.sbk-restore-a1-')); i++)
-      await new Promise((r) => setTimeout(r, 100));
+    await until(async () => (await readdir(sb.lxcDir)).some((n) => n.startsWith('.sbk-restore-a1-')), 'the first restore to start', 10_000, 100).catch(() => {});
     expect((await readdir(sb.lxcDir)).some((n) => n.startsWith('.sbk-restore-a1-'))).toBe(true);
 
     const busy = await sh(`sbk-unpack --as b1 ${CHAIN}`, sb);
@@ -66,8 +61,7 @@ describe.skipIf(mode === 'skip')('sbk-unpack: concurrent restores of one chain',
   it('restores of another chain (here: a different Full) do not wait for it', async () => {
     const bin = await slowBtrfs(path.join(sb.dir, 'slow-bin2'), 1.5);
     const first = sh(`sbk-unpack --as c1 ${CHAIN}`, sb, { env: { PATH: `${path.join(ROOT, 'bin')}:${bin}:${process.env.PATH}` } });
-    for (let i = 0; i < 100 && !(await readdir(sb.lxcDir)).some((n) => n.startsWith('.sbk-restore-c1-')); i++)
-      await new Promise((r) => setTimeout(r, 100));
+    await until(async () => (await readdir(sb.lxcDir)).some((n) => n.startsWith('.sbk-restore-c1-')), 'the first restore to start', 10_000, 100).catch(() => {});
     const other = await sh(`sbk-unpack --as old1 '${FIXTURES}/old_1477297700_Full.tar.gz'`, sb);
     expect(other.exitCode, other.stderr).toBe(0);
     expect((await first).exitCode).toBe(0);

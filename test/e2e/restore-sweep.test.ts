@@ -1,14 +1,18 @@
 // Every restore sweeps the leftovers of ALL dead restores in the LXC dir, not only those of the
 // name it restores: each under that name's restore lock, taken without waiting (a busy name is
 // skipped), putting a half-swapped --force container back first. Live restores' are kept.
+// A --force restore that died between its two renames leaves the replaced container in
+// <lxc-dir>/.sbk-restore-<name>-<pid>/old and nothing at <lxc-dir>/<name>: the next restore of
+// that name must put the container back before anything else, never delete it as leftovers.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
-import { e2eMode, makeSandbox, makeContainer, sh, ROOT, type Sandbox } from '../helpers/sandbox.js';
+import { e2eMode, makeSandbox, makeContainer, sh, type Sandbox } from '../helpers/sandbox.js';
+import { FX_FULL as FULL, deadPid as exitedPid, restoreLeftovers } from '../helpers/restore.js';
+import { lockTaken, until } from '../helpers/wait.js';
 
 const mode = e2eMode();
-const FULL = path.join(ROOT, 'test/fixtures/archives/fx_1795673813_Full.tar.gz');
 
 describe.skipIf(mode === 'skip')('sbk-unpack sweeps the leftovers of every dead restore', () => {
   let sb: Sandbox;
@@ -16,11 +20,9 @@ describe.skipIf(mode === 'skip')('sbk-unpack sweeps the leftovers of every dead 
   let holder: ResultPromise | undefined;
 
   beforeAll(async () => {
-    sb = await makeSandbox({ sizeMiB: 256, name: 'fix-restore-sweep-all' });
+    sb = await makeSandbox({ sizeMiB: 256, name: 'restore-sweep-all' });
     await mkdir(sb.lxcDir, { recursive: true });
-    const p = execa('true');
-    deadPid = p.pid!;
-    await p;
+    deadPid = await exitedPid();
   });
   afterAll(async () => {
     holder?.kill();
@@ -29,7 +31,7 @@ describe.skipIf(mode === 'skip')('sbk-unpack sweeps the leftovers of every dead 
   });
 
   const tmpOf = (name: string, pid = deadPid) => path.join(sb.lxcDir, `.sbk-restore-${name}-${pid}`);
-  const leftovers = async () => (await readdir(sb.lxcDir)).filter((n) => n.startsWith('.sbk-restore-')).sort();
+  const leftovers = async () => (await restoreLeftovers(sb.lxcDir)).sort();
 
   /** A dead restore's directory with a received (read-only) subvolume in it, as receive leaves it. */
   const deadRestore = async (name: string, pid = deadPid) => {
@@ -53,8 +55,9 @@ describe.skipIf(mode === 'skip')('sbk-unpack sweeps the leftovers of every dead 
     // c4: dead, but its lock is held (a live restore of c4 about to sweep it): skipped.
     await deadRestore('c4');
     await mkdir(path.join(sb.lxcDir, '.sbk-locks'), { recursive: true });
-    holder = execa('flock', ['-F', '-x', path.join(sb.lxcDir, '.sbk-locks/c4.lock'), 'sleep', '600']);
-    await new Promise((r) => setTimeout(r, 300));
+    const c4Lock = path.join(sb.lxcDir, '.sbk-locks/c4.lock');
+    holder = execa('flock', ['-F', '-x', c4Lock, 'sleep', '600']);
+    await until(() => lockTaken(c4Lock), "the holder to take c4's lock");
 
     const r = await sh(`sbk-unpack --as fx1 '${FULL}'`, sb);
     expect(r.exitCode, r.stderr).toBe(0);
@@ -86,5 +89,48 @@ describe.skipIf(mode === 'skip')('sbk-unpack sweeps the leftovers of every dead 
     expect(r.stderr).not.toMatch(/put c5 back/);
     expect(await readFile(path.join(sb.lxcDir, 'c5/rootfs/which'), 'utf8')).toBe('new\n');
     expect(await leftovers()).toEqual([path.basename(tmpOf('c3', process.pid))]);
+  });
+});
+
+describe.skipIf(mode === 'skip')('sbk-unpack after a --force restore died half-way through the swap', () => {
+  let sb: Sandbox;
+  let deadPid: number;
+
+  beforeAll(async () => {
+    sb = await makeSandbox({ sizeMiB: 256, name: 'restore-sweep' });
+    await mkdir(sb.lxcDir, { recursive: true });
+    deadPid = await exitedPid();
+  });
+  afterAll(async () => {
+    await sb?.cleanup();
+  });
+
+  /** c1, moved where a killed --force restore leaves it. */
+  const halfSwapped = async (name: string) => {
+    const c = await makeContainer(sb, name, { volumes: ['rootfs', 'home'] });
+    await writeFile(path.join(c, 'rootfs/precious'), 'the only copy\n');
+    const tmp = path.join(sb.lxcDir, `.sbk-restore-${name}-${deadPid}`);
+    await mkdir(tmp, { mode: 0o700 });
+    await rename(c, path.join(tmp, 'old'));
+    return tmp;
+  };
+  const leftovers = () => restoreLeftovers(sb.lxcDir);
+
+  it('without --force: the old container is put back and the restore refuses to replace it (exit 6)', async () => {
+    await halfSwapped('c1');
+    const r = await sh(`sbk-unpack --as c1 '${FULL}'`, sb);
+    expect(await readFile(path.join(sb.lxcDir, 'c1/rootfs/precious'), 'utf8')).toBe('the only copy\n');
+    expect(r.exitCode, r.stderr).toBe(6);
+    expect(r.stderr).toMatch(/put .*c1.* back/);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  it('with --force: it is put back, then replaced by the restored one', async () => {
+    await halfSwapped('c2');
+    const r = await sh(`sbk-unpack --as c2 --force '${FULL}'`, sb);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stderr).toContain('replaced the old one');
+    expect(await readFile(path.join(sb.lxcDir, 'c2/rootfs/etc/hostname'), 'utf8')).toBe('fx\n');
+    expect(await leftovers()).toEqual([]);
   });
 });
