@@ -156,6 +156,7 @@ export function exitCodeFor(end: RunEnd): Verdict {
     const code = (end.outcome as { returned: void | number }).returned;
     return { code: typeof code === 'number' ? code : undefined, messages };
   }
+  if (err instanceof SbkError && err.exitCode === ExitCode.brokenPipe && end.brokenPipeIsOk) return { code: ExitCode.ok, messages };
   if (err instanceof SbkError) return { code: err.exitCode, messages: [...messages, err.message] };
   if (isBrokenPipe(err) && end.brokenPipeIsOk) return { code: ExitCode.ok, messages };
   const sys = describeSystemError(err);
@@ -291,8 +292,14 @@ export function refuseBinaryToTerminal(prog: string, what: string): void {
 
 /** Writes to stdout honouring backpressure; waiting for a slow reader stops when `signal` aborts. */
 export async function writeOut(chunk: string | Uint8Array, signal?: AbortSignal): Promise<void> {
-  if (!process.stdout.write(chunk))
+  if (process.stdout.write(chunk)) return;
+  try {
     await waitForDrain(process.stdout, { signal, closedError: () => Object.assign(new Error('stdout closed'), { code: 'EPIPE' }) });
+  } catch (err) {
+    // Said as the lost reader it is, also when this rejection outruns the 'error' event that
+    // tells runCli so.
+    throw isBrokenPipe(err) ? new SbkError(BROKEN_PIPE_MESSAGE, ExitCode.brokenPipe, { cause: err }) : err;
+  }
 }
 
 /** `--wait[=SECONDS]`: wait for a lock another run holds (for ever without a number). */

@@ -31,6 +31,12 @@ describe('exitCodeFor', () => {
     expect(exitCodeFor(end({ outcome: { returned: 2 }, stopReason: 'pipe', brokenPipeIsOk: true }))).toEqual({ code: 2, messages: [] });
   });
 
+  it('a lost reader reported by the write itself (before its error event): the same 141, or 0 for a listing', () => {
+    const lost = new SbkError('the reader of stdout went away (broken pipe)', ExitCode.brokenPipe);
+    expect(exitCodeFor(end({ outcome: { threw: lost } }))).toEqual({ code: 141, messages: [lost.message] });
+    expect(exitCodeFor(end({ outcome: { threw: lost }, brokenPipeIsOk: true }))).toEqual({ code: 0, messages: [] });
+  });
+
   it('a stdout error seen on the way: failure, said once', () => {
     const e = new Error('disk full');
     expect(exitCodeFor(end({ outcome: { returned: 0 }, stdoutError: e }))).toEqual({ code: 1, messages: ['stdout: disk full'] });

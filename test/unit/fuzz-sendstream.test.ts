@@ -21,6 +21,7 @@ import {
   type SendCommand,
   type SendStreamSummary,
 } from '../../src/formats/sendstream/reader.js';
+import { REQUIRED } from '../../src/formats/sendstream/constants.js';
 import { streamHeader as header, command, tlv } from '../helpers/sendstream-builder.js';
 import { changesFromModel } from '../../src/stages/changelog/changelog.js';
 import { modelFromStream } from '../../src/stages/changelog/model.js';
@@ -178,35 +179,6 @@ function checkDecoded(cmds: SendCommand[], summary: SendStreamSummary, length: n
 // ---------------------------------------------------------------------------------------------
 // Encoding streams (the test's own writer, after btrfs-progs' send-stream.rst)
 
-/** Required attributes per command (what btrfs receive needs), as the parser checks them. */
-const REQUIRED: Record<number, number[]> = {
-  [Cmd.SUBVOL]: [Attr.PATH, Attr.UUID, Attr.CTRANSID],
-  [Cmd.SNAPSHOT]: [Attr.PATH, Attr.UUID, Attr.CTRANSID, Attr.CLONE_UUID, Attr.CLONE_CTRANSID],
-  [Cmd.MKFILE]: [Attr.PATH],
-  [Cmd.MKDIR]: [Attr.PATH],
-  [Cmd.MKNOD]: [Attr.PATH, Attr.MODE, Attr.RDEV],
-  [Cmd.MKFIFO]: [Attr.PATH],
-  [Cmd.MKSOCK]: [Attr.PATH],
-  [Cmd.SYMLINK]: [Attr.PATH, Attr.PATH_LINK],
-  [Cmd.RENAME]: [Attr.PATH, Attr.PATH_TO],
-  [Cmd.LINK]: [Attr.PATH, Attr.PATH_LINK],
-  [Cmd.UNLINK]: [Attr.PATH],
-  [Cmd.RMDIR]: [Attr.PATH],
-  [Cmd.SET_XATTR]: [Attr.PATH, Attr.XATTR_NAME, Attr.XATTR_DATA],
-  [Cmd.REMOVE_XATTR]: [Attr.PATH, Attr.XATTR_NAME],
-  [Cmd.WRITE]: [Attr.PATH, Attr.FILE_OFFSET, Attr.DATA],
-  [Cmd.CLONE]: [Attr.PATH, Attr.FILE_OFFSET, Attr.CLONE_LEN, Attr.CLONE_UUID, Attr.CLONE_CTRANSID, Attr.CLONE_PATH, Attr.CLONE_OFFSET],
-  [Cmd.TRUNCATE]: [Attr.PATH, Attr.SIZE],
-  [Cmd.CHMOD]: [Attr.PATH, Attr.MODE],
-  [Cmd.CHOWN]: [Attr.PATH, Attr.UID, Attr.GID],
-  [Cmd.UTIMES]: [Attr.PATH, Attr.ATIME, Attr.MTIME, Attr.CTIME],
-  [Cmd.END]: [],
-  [Cmd.UPDATE_EXTENT]: [Attr.PATH, Attr.FILE_OFFSET, Attr.SIZE],
-  [Cmd.FALLOCATE]: [Attr.PATH, Attr.FALLOCATE_MODE, Attr.FILE_OFFSET, Attr.SIZE],
-  [Cmd.FILEATTR]: [Attr.PATH, Attr.FILEATTR],
-  [Cmd.ENCODED_WRITE]: [Attr.PATH, Attr.FILE_OFFSET, Attr.UNENCODED_FILE_LEN, Attr.UNENCODED_LEN, Attr.UNENCODED_OFFSET, Attr.DATA],
-  [Cmd.ENABLE_VERITY]: [Attr.PATH],
-};
 
 type Kind = 'u64' | 'u32' | 'uuid' | 'ts' | 'str' | 'bytes' | 'data' | 'ignored';
 /** Attribute → the SendCommand field it fills and how its value is encoded. */
@@ -294,7 +266,7 @@ interface GenCommand {
 
 /** A command of `type` with its required attributes and some optional ones, in random order (DATA last). */
 function commandArb(type: number, version: number, vals: Record<Kind, fc.Arbitrary<Val>> = VAL): fc.Arbitrary<GenCommand> {
-  const required = REQUIRED[type]!;
+  const required = REQUIRED[type] ?? [];
   const optional = Object.keys(KEY)
     .map(Number)
     .filter((a) => a <= MAX_ATTR[version]! && !required.includes(a) && a !== Attr.DATA);
