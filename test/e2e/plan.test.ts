@@ -1,21 +1,16 @@
 // sbk-plan run as a binary on synthetic stores: the paths of the restore chain it prints,
 // --list (table and NDJSON), and its exit codes when there is nothing to restore or a gap.
-import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
+import { describe, it, expect } from 'vitest';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import type { Manifest } from '../../src/formats/archive/archive.js';
 import { BIN } from '../helpers/sandbox.js';
 import { storeChain4 } from '../helpers/stores.js';
+import { tempDirEach } from '../helpers/tempdir.js';
 
 let dir: string;
-beforeEach(async () => {
-  dir = await mkdtemp(path.join(os.tmpdir(), 'sbk-chain-'));
-});
-afterEach(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+tempDirEach('sbk-chain-', (d) => (dir = d));
 
 const fileOf = (m: Manifest) => `${m.name}.tar.gz`;
 

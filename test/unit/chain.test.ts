@@ -1,8 +1,7 @@
 // Chain planning on synthetic archives (no BTRFS): linking by manifest, --at, gaps, foreign
 // containers, unrelated Fulls, unreadable archives, the original Subutai layout.
-import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtemp, rm, writeFile, truncate, stat } from 'node:fs/promises';
-import os from 'node:os';
+import { describe, it, expect } from 'vitest';
+import { rm, writeFile, truncate, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { scanStore, planRestore, parseAtTime, listRows, type ArchiveFile } from '../../src/stages/plan/chain.js';
 import { readArchiveHead } from '../../src/formats/archive/open.js';
@@ -11,14 +10,10 @@ import { SbkError, ExitCode } from '../../src/core/errors.js';
 import type { Manifest } from '../../src/formats/archive/archive.js';
 import { synthManifest, synthArchive, legacyArchive } from '../fixtures/archives/synthetic.js';
 import { storeArchive, storeChain4 } from '../helpers/stores.js';
+import { tempDirEach } from '../helpers/tempdir.js';
 
 let dir: string;
-beforeEach(async () => {
-  dir = await mkdtemp(path.join(os.tmpdir(), 'sbk-chain-'));
-});
-afterEach(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+tempDirEach('sbk-chain-', (d) => (dir = d));
 
 const fileOf = (m: Manifest) => `${m.name}.tar.gz`;
 const store = (m: Manifest, opts: Parameters<typeof synthArchive>[1] = {}) => storeArchive(dir, m, opts);
