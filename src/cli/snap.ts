@@ -8,6 +8,12 @@ interface SnapArgs {
   all?: boolean;
   wait?: string;
   confirm?: boolean;
+  recordName?: boolean;
+  receipt?: boolean;
+  host?: string;
+  path?: string;
+  size?: number;
+  sha256?: string;
   keepSnapshots?: number;
   maxChain?: number;
 }
@@ -20,7 +26,7 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-snap',
       usage:
-        '$0 [--full|--incremental] [--max-chain N] [--keep-snapshots N] CONTAINER...\n$0 --all\n$0 --confirm [--keep-snapshots N] < receipts\n\nMakes read-only snapshots of every volume of each container and prints one NDJSON backup record per container (pipe it into sbk-changelog or sbk-send).\nWith --confirm: reads the receipts of sbk-pack --store and marks those snapshot sets as valid parents.',
+        '$0 [--full|--incremental] [--max-chain N] [--keep-snapshots N] CONTAINER...\n$0 --all\n$0 --confirm [--keep-snapshots N] < receipts\n\nMakes read-only snapshots of every volume of each container and prints one NDJSON backup record per container (pipe it into sbk-changelog or sbk-send).\nWith --confirm: reads the receipts of sbk-pack --store and marks those snapshot sets as valid parents.\nWith --record-name or --receipt (for stores that run no sbk, as the encrypted remote backup has them): reads backup records and prints each one\'s backup name, or its receipt for a file stored at --host/--path with --size and --sha256.',
       options: (y) =>
         y
           .option('full', { alias: 'f', type: 'boolean', describe: 'make a Full backup' })
@@ -31,6 +37,15 @@ export function main(argv: string[]): Promise<void> {
             type: 'boolean',
             describe: 'read receipts (sbk-pack --store output) on stdin and mark those snapshot sets confirmed',
           })
+          .option('record-name', { type: 'boolean', describe: 'read backup records on stdin and print the backup name of each' })
+          .option('receipt', {
+            type: 'boolean',
+            describe: 'read backup records on stdin and print a receipt for each, stored as --path on --host (--size, --sha256)',
+          })
+          .option('host', { type: 'string', describe: 'with --receipt: the host that stores the file', hidden: true })
+          .option('path', { type: 'string', describe: 'with --receipt: the absolute path of the stored file', hidden: true })
+          .option('size', { type: 'number', describe: 'with --receipt: its size in bytes', hidden: true })
+          .option('sha256', { type: 'string', describe: 'with --receipt: its sha256 (hex)', hidden: true })
           .option('keep-snapshots', {
             type: 'number',
             describe: `after a set is confirmed, keep this many confirmed sets (the newest is the next parent) and remove older ones and sets of failed runs (default ${DEFAULT_KEEP_SNAPSHOTS})`,
@@ -41,7 +56,9 @@ export function main(argv: string[]): Promise<void> {
           })
           .conflicts('full', 'incremental')
           .conflicts('max-chain', ['incremental', 'full', 'confirm'])
-          .conflicts('confirm', ['full', 'incremental', 'all'])
+          .conflicts('confirm', ['full', 'incremental', 'all', 'record-name', 'receipt'])
+          .conflicts('record-name', ['full', 'incremental', 'all', 'receipt', 'max-chain'])
+          .conflicts('receipt', ['full', 'incremental', 'all', 'max-chain'])
           .check((a) => {
             const keep = a.keepSnapshots as number | undefined;
             const max = a.maxChain as number | undefined;
@@ -49,9 +66,30 @@ export function main(argv: string[]): Promise<void> {
               throw new Error('--keep-snapshots takes a whole number from 1 (the newest confirmed set is always kept)');
             if (max !== undefined && (!Number.isInteger(max) || max < 0))
               throw new Error('--max-chain takes a whole number from 0');
+            if (a.receipt) {
+              if (!a.host || !a.path || !String(a.path).startsWith('/')) throw new Error('--receipt needs --host and an absolute --path');
+              if (!Number.isSafeInteger(a.size) || (a.size as number) < 0) throw new Error('--receipt needs --size, a whole number of bytes');
+              if (!/^[0-9a-f]{64}$/.test(String(a.sha256 ?? ''))) throw new Error('--receipt needs --sha256, 64 hex digits');
+            }
             return true;
           }),
       run: async (args, ctx) => {
+        if (args.recordName || args.receipt) {
+          if (args._.length) throw new SbkError('--record-name and --receipt read records on stdin; they take no container names', ExitCode.usage);
+          if (process.stdin.isTTY) throw new SbkError('stdin is a terminal: pipe backup records (sbk-snap output) in', ExitCode.usage);
+          const [{ readRecords }, { formatReceipt, receiptOfRecord }] = await Promise.all([
+            import('../formats/record.js'),
+            import('../formats/receipt.js'),
+          ]);
+          const stored = { host: args.host!, path: args.path!, size: args.size!, sha256: args.sha256! };
+          let n = 0;
+          for await (const r of readRecords(process.stdin)) {
+            n++;
+            await writeOut(args.receipt ? formatReceipt(receiptOfRecord(r, stored)) : `${r.name}\n`, ctx.signal);
+          }
+          if (n === 0) throw new SbkError('no input (did the stage before fail?): expected backup records on stdin', ExitCode.badInput);
+          return;
+        }
         const runs = await import('../stages/snap/runs.js');
         if (args.confirm) {
           if (args._.length) throw new SbkError('--confirm reads receipts on stdin; it takes no container names', ExitCode.usage);

@@ -8,6 +8,7 @@ import type { Readable } from 'node:stream';
 import type { Manifest } from './archive/manifest.js';
 import { lineError, readJsonLines } from './ndjson.js';
 import { backupName, isValidContainerName, isValidVolumeName } from '../core/layout.js';
+import type { BackupRecord } from './record.js';
 
 const RECEIPT_FORMAT = 1;
 
@@ -116,4 +117,27 @@ export function checkReceipt(v: unknown, line: number): Receipt {
 export async function* readReceipts(source: Readable): AsyncGenerator<{ receipt: Receipt; line: number }> {
   const lines = readJsonLines(source, { what: 'receipts (sbk-pack --store output)', noun: 'receipt', maxLength: 1024 * 1024 });
   for await (const { value, line } of lines) yield { receipt: checkReceipt(value, line), line };
+}
+
+/**
+ * The receipt of a backup stored where no sbk runs (an encrypted file on a plain store host):
+ * the record names the backup and its snapshots, the store only says where the file is and what
+ * it holds (`sbk-snap --receipt`).
+ */
+export function receiptOfRecord(r: BackupRecord, stored: { host: string; path: string; size: number; sha256: string }): Receipt {
+  return {
+    sbk: 'receipt',
+    format: RECEIPT_FORMAT,
+    name: r.name,
+    container: r.container,
+    time: r.time,
+    full: r.full,
+    archive: path.basename(stored.path),
+    size: stored.size,
+    sha256: stored.sha256,
+    host: stored.host,
+    path: stored.path,
+    stored: new Date().toISOString(),
+    volumes: r.volumes.map((v) => ({ name: v.name, uuid: v.uuid })),
+  };
 }

@@ -42,3 +42,45 @@ describe.skipIf(mode === 'skip')('receipts naming only some volumes of a set', (
     expect(existsSync(marker)).toBe(true);
   });
 });
+
+describe.skipIf(mode === 'skip')('receipts made here for a store that runs no sbk (--record-name, --receipt)', () => {
+  let sb: Sandbox;
+  beforeAll(async () => {
+    sb = await makeSandbox();
+    await makeContainer(sb, 'c2', { volumes: ['rootfs', 'home'] });
+  });
+  afterAll(async () => {
+    await sb?.cleanup();
+  });
+
+  it('names each record, and makes a receipt that sbk-snap --confirm accepts', async () => {
+    const snap = await sh('sbk-snap c2', sb);
+    expect(snap.exitCode, snap.stderr).toBe(0);
+    const rec = JSON.parse(snap.stdout) as { name: string; set: string; volumes: { name: string; uuid: string }[] };
+    const name = await sh('sbk-snap --record-name', sb, { input: snap.stdout });
+    expect(name.exitCode, name.stderr).toBe(0);
+    expect(name.stdout.trim().split("\n")).toEqual([rec.name]);
+
+    const sum = 'a'.repeat(64);
+    const receipt = await sh(`sbk-snap --receipt --host store1 --path /srv/b/${rec.name}.tar.gz.gpg --size 123 --sha256 ${sum}`, sb, { input: snap.stdout });
+    expect(receipt.exitCode, receipt.stderr).toBe(0);
+    const r = JSON.parse(receipt.stdout);
+    expect(r).toMatchObject({ sbk: 'receipt', name: rec.name, host: 'store1', path: `/srv/b/${rec.name}.tar.gz.gpg`, archive: `${rec.name}.tar.gz.gpg`, size: 123, sha256: sum });
+    expect(r.volumes).toEqual(rec.volumes.map((v) => ({ name: v.name, uuid: v.uuid })));
+
+    const ok = await sh('sbk-snap --confirm', sb, { input: receipt.stdout });
+    expect(ok.exitCode, ok.stderr).toBe(0);
+    expect(existsSync(path.join(rec.set, '.sbk-confirmed'))).toBe(true);
+  });
+
+  it('a receipt without a whole description of the stored file, or no records at all, is refused', async () => {
+    const bad = await sh('sbk-snap --receipt --host h --path /x --size 1 --sha256 xyz', sb, { input: '' });
+    expect(bad.exitCode).toBe(2);
+    expect(bad.stderr).toMatch(/--sha256, 64 hex digits/);
+    const rel = await sh(`sbk-snap --receipt --host h --path x --size 1 --sha256 ${'0'.repeat(64)}`, sb, { input: '' });
+    expect(rel.exitCode).toBe(2);
+    const none = await sh('sbk-snap --record-name', sb, { input: '' });
+    expect(none.exitCode).toBe(3);
+    expect(none.stderr).toMatch(/no input/);
+  });
+});
