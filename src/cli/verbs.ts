@@ -29,10 +29,10 @@ const verb = (id: string): Verb => ({
 export const VERBS: readonly Verb[] = ['snap', 'changelog', 'send', 'pack', 'plan', 'unpack'].map(verb);
 
 /** The shell pipelines composed of the stages (package.json bin too; documented by their --help). */
-export const PIPELINES: readonly { name: string; script: string }[] = [
+export const PIPELINES: readonly { name: string; script: string; man: string }[] = [
   'sbk-backup',
   'sbk-restore',
   'sbk-backup-remote',
   'sbk-restore-remote',
   'sbk-demo',
-].map((name) => ({ name, script: `pipelines/${name}` }));
+].map((name) => ({ name, script: `pipelines/${name}`, man: `man/${name}.1` }));

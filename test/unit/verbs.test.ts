@@ -24,10 +24,10 @@ describe('verb registry', () => {
     }
   });
 
-  it('man/*.1: one page per verb, all listed in package.json', () => {
+  it('man/*.1: one page per verb and pipeline, all listed in package.json', () => {
     const pages = readdirSync(path.join(root, 'man')).filter((f) => f.endsWith('.1'));
-    expect(pages.map((f) => `man/${f}`).sort()).toEqual(VERBS.map((v) => v.man).sort());
-    for (const v of VERBS) expect(pkg.man).toContain(v.man);
+    expect(pages.map((f) => `man/${f}`).sort()).toEqual([...VERBS, ...PIPELINES].map((v) => v.man).sort());
+    for (const v of [...VERBS, ...PIPELINES]) expect(pkg.man).toContain(v.man);
     for (const p of PIPELINES) expect(existsSync(path.join(root, p.script)), p.script).toBe(true);
   });
 });
