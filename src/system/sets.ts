@@ -19,8 +19,7 @@ export interface SetInfo extends SetRef {
   confirmed: boolean;
 }
 
-export { PARTIAL_SET_RE as PARTIAL_RE, RUN_FILE } from '../core/layout.js';
-import { PARTIAL_SET_RE as PARTIAL_RE, RUN_FILE } from '../core/layout.js';
+import { PARTIAL_SET_RE, RUN_FILE } from '../core/layout.js';
 
 /** Snapshot sets of a container, oldest first (by time). Partial (unfinished) sets are not listed. */
 export async function listSets(dirs: Dirs, container: string): Promise<SetInfo[]> {
@@ -89,7 +88,7 @@ export async function removeStalePartials(dirs: Dirs, container: string, log: Lo
   const cdir = path.join(dirs.backupDir, container);
   const names = await readdir(cdir).catch(() => [] as string[]);
   for (const n of names) {
-    const m = PARTIAL_RE.exec(n);
+    const m = PARTIAL_SET_RE.exec(n);
     if (!m || isProcessAlive(Number(m[2]))) continue;
     log.info(`removing ${n}, left by a run that did not finish`);
     await removeSetDir(path.join(cdir, n));

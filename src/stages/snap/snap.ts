@@ -9,7 +9,7 @@ import { mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { SbkError, ExitCode } from '../../core/errors.js';
-import { archiveFileName, backupName, checkContainerName, partialSetName, setDirName, type Dirs } from '../../core/layout.js';
+import { PARTIAL_SET_RE, RUN_FILE, archiveFileName, backupName, checkContainerName, partialSetName, setDirName, type Dirs } from '../../core/layout.js';
 import { isSubvolume, snapshot, subvolumeInfo, type SubvolumeInfo } from '../../system/btrfs.js';
 import { writeFileAtomic } from '../../system/atomic.js';
 import { backupLockFile, withLock } from '../../system/lock.js';
@@ -20,8 +20,6 @@ import type { Receipt } from '../../formats/receipt.js';
 import { readArchiveHead } from '../../formats/archive/open.js';
 import { containerVolumes, type ContainerVolumes } from '../../system/lxc.js';
 import {
-  PARTIAL_RE,
-  RUN_FILE,
   chainDepth,
   confirmBackupSet,
   confirmedByReceipt,
@@ -81,7 +79,7 @@ async function newestValidParent(
 async function nextTime(dirs: Dirs, container: string): Promise<number> {
   const sets = await listSets(dirs, container);
   const partial = (await readdir(path.join(dirs.backupDir, container)).catch(() => [] as string[]))
-    .map((n) => PARTIAL_RE.exec(n))
+    .map((n) => PARTIAL_SET_RE.exec(n))
     .filter((m): m is RegExpExecArray => m !== null)
     .map((m) => parseInt(m[1]!, 10));
   const newest = Math.max(-1, ...sets.map((s) => s.time), ...partial);
