@@ -51,29 +51,30 @@ export function main(argv: string[]): Promise<void> {
 
 /**
  * How archives are compressed, with a progress meter per archive: bytes in and out, ratio, rate
- * (read from the compressor's counters). `done(name)` closes an archive's meter.
+ * (read from the compressor's counters), closed once the archive is stored.
  */
-async function compression(args: PackArgs, ctx: Context): Promise<CompressionOptions & { done(name: string): void }> {
+async function compression(args: PackArgs, ctx: Context): Promise<CompressionOptions> {
   const progress = await makeProgress(ctx, args.progress);
-  const meters = new Map<string, Meter>();
+  let meter: Meter | undefined;
   return {
     level: args.level,
     threads: args.threads,
-    onCompress: (m, counters) => {
-      if (!progress.enabled) return;
-      const meter = progress.start(m.name);
-      meter.out = 0;
-      meter.sample = () => {
-        meter.bytes = counters.bytesIn;
-        meter.out = counters.bytesOut;
-      };
-      meters.set(m.name, meter);
-    },
-    done: (name) => {
-      const meter = meters.get(name);
-      meters.delete(name);
-      if (meter) progress.finish(meter);
-    },
+    progress: progress.enabled
+      ? {
+          start: ({ manifest, counters }) => {
+            const m = (meter = progress.start(manifest.name));
+            m.out = 0;
+            m.sample = () => {
+              m.bytes = counters.bytesIn;
+              m.out = counters.bytesOut;
+            };
+          },
+          end: () => {
+            if (meter) progress.finish(meter);
+            meter = undefined;
+          },
+        }
+      : undefined,
   };
 }
 
@@ -87,7 +88,7 @@ async function runStore(args: PackArgs, ctx: Context, store: string): Promise<vo
     import('node:path'),
     import('node:fs/promises'),
   ]);
-  const { done, ...compress } = await compression(args, ctx);
+  const compress = await compression(args, ctx);
   const dir = resolve(store);
   await mkdir(dir, { recursive: true });
   const stored = await storeArchives(process.stdin, {
@@ -96,10 +97,7 @@ async function runStore(args: PackArgs, ctx: Context, store: string): Promise<vo
     log: ctx.log,
     signal: ctx.signal,
     // The receipt goes out only once the archive is under its final name, fsynced.
-    onStored: (a) => {
-      done(a.name);
-      return writeOut(formatReceipt(receiptFor(a)));
-    },
+    onStored: (a) => writeOut(formatReceipt(receiptFor(a))),
   });
   if (stored.length === 0) throw new SbkError('the input held no archive', ExitCode.badInput);
 }
@@ -115,7 +113,7 @@ async function runPack(args: PackArgs, ctx: Context): Promise<number | void> {
   if (target.kind === 'stdout') refuseBinaryToTerminal('sbk-pack', 'gzip data');
   if (process.stdin.isTTY) throw new SbkError('stdin is a terminal: pipe the output of sbk-send into sbk-pack', ExitCode.usage);
   const [{ packArchives }, { mkdir }] = await Promise.all([import('../stages/pack/pack.js'), import('node:fs/promises')]);
-  const { done, ...compress } = await compression(args, ctx);
+  const compress = await compression(args, ctx);
   if (target.kind === 'store') await mkdir(ctx.dirs.backupDir, { recursive: true });
   let pruneFailed = false;
   const stored = await packArchives(process.stdin, {
@@ -127,7 +125,6 @@ async function runPack(args: PackArgs, ctx: Context): Promise<number | void> {
     log: ctx.log,
     signal: ctx.signal,
     onStored: async (a) => {
-      done(a.name);
       ctx.log.verbose(`${a.name}: ${a.path === '-' ? 'written to stdout' : `stored ${a.path}`} (${a.size} bytes, sha256 ${a.sha256})`);
       if (target.kind !== 'stdout') await writeOut(a.path + '\n');
     },

@@ -3,6 +3,8 @@
 import path from 'node:path';
 import { runCli, writeOut, WAIT_OPTION, parseWait } from './common.js';
 import { SbkError, ExitCode } from '../core/errors.js';
+import type { Log } from '../core/log.js';
+import type { ArchiveFile, Plan } from '../stages/plan/chain.js';
 
 interface PlanArgs {
   at?: string;
@@ -57,14 +59,12 @@ export function main(argv: string[]): Promise<void> {
               if (!Number.isInteger(v) || v < 0) throw new Error(`${flag} takes a whole number from 0`);
             }
             if (a.delete && !a.prune) throw new Error('--delete goes with --prune');
-            if (a.prune && keeps.every((k) => !(((a[k] as number | undefined) ?? 0) > 0)))
-              throw new Error('--prune needs a policy: --keep-last, --keep-daily, --keep-weekly or --keep-monthly (at least one above 0)');
             return true;
           }),
       // A listing read by `| head` is fine; a --delete cut short by a vanished reader is not.
       brokenPipeIsOk: !argv.includes('--delete'),
       run: async (args, ctx) => {
-        const { scanStore, planRestore, parseAtTime, listRows, listTable } = await import('../stages/plan/chain.js');
+        const { scanStore, planRestore, parseAtTime } = await import('../stages/plan/chain.js');
         const { checkContainerName } = await import('../core/layout.js');
         const names = args._.map(String);
         if (args.head) {
@@ -84,8 +84,10 @@ export function main(argv: string[]): Promise<void> {
         }
         const dir = path.resolve(args.dir ?? ctx.dirs.backupDir);
         if (args.prune) {
-          const { prune } = await import('../stages/plan/prune.js');
+          const { prune, policyIsEmpty } = await import('../stages/plan/prune.js');
           const policy = { last: args.keepLast, daily: args.keepDaily, weekly: args.keepWeekly, monthly: args.keepMonthly };
+          if (policyIsEmpty(policy))
+            throw new SbkError('--prune needs a policy: --keep-last, --keep-daily, --keep-weekly or --keep-monthly (at least one above 0)', ExitCode.usage);
           return prune(container, dir, policy, {
             json: args.json,
             delete: args.delete,
@@ -96,33 +98,36 @@ export function main(argv: string[]): Promise<void> {
           });
         }
         const all = await scanStore(dir, container, { warn: (m) => ctx.log.warn(m) });
-
-        if (args.list) {
-          const rows = listRows(all.filter((a) => !(a.manifest && a.problem)));
-          if (rows.length === 0) throw new SbkError(`no backup of ${container} in ${dir}`, ExitCode.notFound);
-          if (args.json) {
-            for (const r of rows) await writeOut(JSON.stringify(r) + '\n');
-            return;
-          }
-          // Human units on a terminal; exact bytes for scripts.
-          const { formatBytes } = await import('../core/progress.js');
-          for (const line of listTable(rows, process.stdout.isTTY ? formatBytes : String)) await writeOut(line + '\n');
-          return;
-        }
-
-        const plan = planRestore(all, container, dir, at);
-        if (plan.chain.some((a) => a.legacy))
-          ctx.log.warn(`the chain holds archives of the original Subutai tool, linked by name order only; they carry no checksums`);
-        ctx.log.verbose(`${plan.target.name}: ${plan.chain.length} archive${plan.chain.length === 1 ? '' : 's'}`);
-        for (const a of plan.chain) {
-          if (args.json)
-            await writeOut(
-              JSON.stringify({ path: a.path, name: a.name, time: a.time, kind: a.full ? 'full' : 'incremental', legacy: a.legacy, size: a.size }) + '\n',
-            );
-          else await writeOut(a.path + '\n');
-        }
+        if (args.list) return printList(all, container, dir, args.json);
+        return printChain(planRestore(all, container, dir, at), args.json, ctx.log);
       },
     },
     argv,
   );
+}
+
+/** --list: every backup of the container with its chain, as a table (human units on a terminal) or NDJSON. */
+async function printList(all: ArchiveFile[], container: string, dir: string, json: boolean | undefined): Promise<void> {
+  const { listRows, listTable } = await import('../stages/plan/chain.js');
+  const rows = listRows(all.filter((a) => !(a.manifest && a.problem)));
+  if (rows.length === 0) throw new SbkError(`no backup of ${container} in ${dir}`, ExitCode.notFound);
+  if (json) {
+    for (const r of rows) await writeOut(JSON.stringify(r) + '\n');
+    return;
+  }
+  // Human units on a terminal; exact bytes for scripts.
+  const { formatBytes } = await import('../core/progress.js');
+  for (const line of listTable(rows, process.stdout.isTTY ? formatBytes : String)) await writeOut(line + '\n');
+}
+
+/** The chain that restores the planned point: one path a line (or NDJSON), the Full first. */
+async function printChain(plan: Plan, json: boolean | undefined, log: Log): Promise<void> {
+  if (plan.chain.some((a) => a.legacy))
+    log.warn(`the chain holds archives of the original Subutai tool, linked by name order only; they carry no checksums`);
+  log.verbose(`${plan.target.name}: ${plan.chain.length} archive${plan.chain.length === 1 ? '' : 's'}`);
+  for (const a of plan.chain) {
+    if (json)
+      await writeOut(JSON.stringify({ path: a.path, name: a.name, time: a.time, kind: a.full ? 'full' : 'incremental', legacy: a.legacy, size: a.size }) + '\n');
+    else await writeOut(a.path + '\n');
+  }
 }

@@ -49,7 +49,7 @@ export function main(argv: string[]): Promise<void> {
             partSize: args.partSize,
             toolVersion: toolVersion(),
             output: (pack) => copyToStdout(pack, ctx.signal),
-            ...hooks,
+            progress: hooks,
           });
         } finally {
           stop();

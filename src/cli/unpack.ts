@@ -74,7 +74,7 @@ async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }
 function restoreProgress(progress: Progress, formatBytes: (n: number) => string): RestoreProgress {
   let meter: Meter | undefined;
   return {
-    volume(archive, volume, input, tarStream) {
+    start({ archive, volume, input, tarStream }) {
       const m = (meter = progress.start(`${archive} ${volume}`));
       const size = input.size;
       // A gzip archive's stream is the gunzip one: bytesWritten is the compressed bytes consumed.

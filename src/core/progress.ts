@@ -13,6 +13,17 @@ import { fstatSync } from 'node:fs';
 
 export type ProgressMode = 'off' | 'draw' | 'lines';
 
+/**
+ * How every stage tells of its progress: a task (a volume's stream, an archive) starts, its
+ * bytes pass (per chunk: keep it cheap), it ends. The stage calls these; the CLI turns them into
+ * meters. `Task` says what the stage knows of the task when it starts.
+ */
+export interface ProgressHooks<Task> {
+  start(task: Task): void;
+  add(n: number): void;
+  end(): void;
+}
+
 export interface ModeInputs {
   /** --progress (true), --no-progress (false), neither (undefined). */
   flag: boolean | undefined;

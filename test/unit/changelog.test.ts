@@ -17,7 +17,7 @@ import {
   type ChangelogLine,
 } from '../../src/formats/changelog-lines.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
-import { Cmd, Attr } from '../../src/formats/sendstream/reader.js';
+import { Cmd, Attr } from '../../src/formats/sendstream/constants.js';
 import { crc32cUpdate } from '../../src/formats/sendstream/crc32c.js';
 
 const fixture = (name: string) => readFileSync(new URL(`../fixtures/sendstream/${name}`, import.meta.url));

@@ -11,17 +11,8 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import fc from 'fast-check';
 import { describe, it, expect } from 'vitest';
-import {
-  readSendStream,
-  SendStreamReader,
-  Cmd,
-  Attr,
-  CMD_NAMES,
-  SEND_STREAM_MAGIC,
-  type SendCommand,
-  type SendStreamSummary,
-} from '../../src/formats/sendstream/reader.js';
-import { REQUIRED } from '../../src/formats/sendstream/constants.js';
+import { readSendStream, SendStreamReader, type SendCommand, type SendStreamSummary } from '../../src/formats/sendstream/reader.js';
+import { Attr, Cmd, CMD_NAMES, REQUIRED, SEND_STREAM_MAGIC } from '../../src/formats/sendstream/constants.js';
 import { streamHeader as header, command, tlv } from '../helpers/sendstream-builder.js';
 import { changesFromModel } from '../../src/stages/changelog/changelog.js';
 import { modelFromStream } from '../../src/stages/changelog/model.js';

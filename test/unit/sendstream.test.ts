@@ -6,13 +6,8 @@ import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import fc from 'fast-check';
-import {
-  readSendStream,
-  SendStreamReader,
-  Cmd,
-  type SendCommand,
-  type Timespec,
-} from '../../src/formats/sendstream/reader.js';
+import { readSendStream, SendStreamReader, type SendCommand, type Timespec } from '../../src/formats/sendstream/reader.js';
+import { Cmd } from '../../src/formats/sendstream/constants.js';
 import { crc32c, crc32cUpdate } from '../../src/formats/sendstream/crc32c.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
 import { chunked } from '../helpers/fuzz.js';

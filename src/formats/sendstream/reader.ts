@@ -29,10 +29,6 @@ import {
 } from './constants.js';
 import { sniff, describeKind } from '../input.js';
 
-// The format's numbers, and the guard, for the modules that read streams through this one.
-export * from './constants.js';
-export { ReceiveGuard } from './guard.js';
-
 const MAGIC = Buffer.from(SEND_STREAM_MAGIC, 'latin1');
 
 export interface Timespec {

@@ -20,6 +20,7 @@ import { archiveFileName, changelogFileName, setDirName, type Dirs } from '../..
 import { confirmBackupSet, discardFailedSet } from '../../system/sets.js';
 import { backupLockFile, withLock } from '../../system/lock.js';
 import type { Log } from '../../core/log.js';
+import type { ProgressHooks } from '../../core/progress.js';
 
 export type PackTarget =
   | { kind: 'store'; dirs: Dirs } // <backup-dir>/<name>.tar.gz + sidecar + confirmation
@@ -41,8 +42,14 @@ export interface CompressionOptions {
   codec?: string;
   level: number;
   threads?: number;
-  /** Told of each archive's compressor as it starts (progress reads its counters). */
-  onCompress?: (manifest: Manifest, counters: CodecCounters) => void;
+  /** Each archive's compression: started (with the compressor's counters, which progress reads), ended once stored. */
+  progress?: Omit<ProgressHooks<ArchiveCompression>, 'add'>;
+}
+
+/** An archive's compression as it starts: its manifest, and the compressor's byte counters. */
+export interface ArchiveCompression {
+  manifest: Manifest;
+  counters: CodecCounters;
 }
 
 export interface PackOptions extends CompressionOptions {
@@ -203,7 +210,7 @@ async function startArchive(manifest: Manifest, opts: PackOptions, storedSoFar: 
   const pack = tar.pack();
   const digest = digestStream();
   const compressor: Duplex & CodecCounters = codecOf(opts).compress({ level: opts.level, threads: opts.threads });
-  opts.onCompress?.(manifest, compressor);
+  opts.progress?.start({ manifest, counters: compressor });
   let file: AtomicFile | undefined;
   let finalPath = '-';
   let sink: Writable;
@@ -250,6 +257,7 @@ async function finishArchive(o: Packing, opts: PackOptions): Promise<StoredArchi
   const dir = storeDir(target);
   if (dir) await withLock(backupLockFile(dir, m.container), { holder: `sbk-pack ${m.name}`, wait: 600, signal: opts.signal }, place);
   else await place();
+  opts.progress?.end();
   return result;
 }
 

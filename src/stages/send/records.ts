@@ -5,11 +5,9 @@ import type { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
-import type { Meter, Progress } from '../../core/progress.js';
+import type { Meter, Progress, ProgressHooks } from '../../core/progress.js';
 import { readRecords } from '../../formats/record.js';
-import { estimateSendSize, writeBackupArchive, type SendOptions } from './send.js';
-
-type ProgressHooks = Pick<SendOptions, 'onProgress' | 'onVolume'>;
+import { estimateSendSize, writeBackupArchive, type SendOptions, type VolumeSend } from './send.js';
 
 /**
  * Progress per volume: bytes, rate, elapsed; when the status line is drawn, also the estimated
@@ -17,7 +15,7 @@ type ProgressHooks = Pick<SendOptions, 'onProgress' | 'onVolume'>;
  * metadata-only send costs the kernel up to half of what the real send does: only long volumes
  * pay it. `stop` ends a pending estimate.
  */
-export function volumeProgress(progress: Progress, signal: AbortSignal): { hooks: ProgressHooks; stop: () => void } {
+export function volumeProgress(progress: Progress, signal: AbortSignal): { hooks: ProgressHooks<VolumeSend> | undefined; stop: () => void } {
   let meter: Meter | undefined;
   let estimating: AbortController | undefined;
   let estimateTimer: ReturnType<typeof setTimeout> | undefined;
@@ -25,7 +23,7 @@ export function volumeProgress(progress: Progress, signal: AbortSignal): { hooks
     clearTimeout(estimateTimer);
     estimating?.abort();
   };
-  if (!progress.enabled) return { hooks: {}, stop };
+  if (!progress.enabled) return { hooks: undefined, stop };
   const startEstimate = (m: Meter, snapshot: string, parent: string | undefined) => {
     const controller = (estimating = new AbortController());
     estimateTimer = setTimeout(() => {
@@ -39,28 +37,24 @@ export function volumeProgress(progress: Progress, signal: AbortSignal): { hooks
     }, 3000);
     estimateTimer.unref();
   };
-  const hooks: ProgressHooks = {
-    onProgress: (_volume, n) => {
+  const hooks: ProgressHooks<VolumeSend> = {
+    start: (v) => {
+      const m = (meter = progress.start(`${v.record.name} ${v.volume}`));
+      if (progress.mode === 'draw') startEstimate(m, v.snapshot, v.parent);
+    },
+    add: (n) => {
       meter!.bytes += n;
     },
-    onVolume: (e) => {
-      if (e.phase === 'start') {
-        const m = (meter = progress.start(`${e.record.name} ${e.volume}`));
-        if (progress.mode === 'draw') startEstimate(m, e.snapshot, e.parent);
-      } else {
-        stop();
-        progress.finish(meter!);
-      }
+    end: () => {
+      stop();
+      progress.finish(meter!);
     },
   };
   return { hooks, stop };
 }
 
-export interface SendRecordsOptions extends ProgressHooks {
-  log: Log;
+export interface SendRecordsOptions extends Omit<SendOptions, 'signal'> {
   signal: AbortSignal;
-  partSize?: number;
-  toolVersion: string;
   /** Copies one archive's tar stream out; rejects with the output's own error if it fails. */
   output: (pack: tar.Pack) => Promise<void>;
 }

@@ -11,6 +11,7 @@ import { META_FILE_MAX, META_TOTAL_MAX, configLogFiles, isSafeMetaPath, metaEntr
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { BackupRecord } from '../../formats/record.js';
 import type { Log } from '../../core/log.js';
+import type { ProgressHooks } from '../../core/progress.js';
 import { Attr, Cmd, COMMAND_HEADER_SIZE, STREAM_HEADER_SIZE, TLV_HEADER_SIZE } from '../../formats/sendstream/constants.js';
 
 export interface MetaFile {
@@ -143,28 +144,35 @@ export interface SendOptions {
   signal?: AbortSignal;
   partSize?: number;
   toolVersion: string;
-  /** Bytes of a volume's send stream framed (called per chunk: keep it cheap). */
-  onProgress?: (volume: string, bytes: number) => void;
-  /** A volume's send starts (before any onProgress of it) or has ended. */
-  onVolume?: (e: { phase: 'start' | 'end'; record: BackupRecord; volume: string; snapshot: string; parent?: string }) => void;
+  /** Each volume's send: started, bytes framed, ended. */
+  progress?: ProgressHooks<VolumeSend>;
 }
 
-/** Writes one backup's archive into `pack` (the caller finalizes the pack). */
-export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, opts: SendOptions): Promise<void> {
-  const { log, signal } = opts;
-  for (const v of record.volumes) {
-    await requireSubvolume(v.snapshot, `snapshot of ${v.name}:`);
-  }
+/** A volume's send as it starts: whose, which snapshot, against which parent. */
+export interface VolumeSend {
+  record: BackupRecord;
+  volume: string;
+  snapshot: string;
+  parent?: string;
+}
+
+/**
+ * Checks that every snapshot of the record (and of its parent set, for the volumes sent against
+ * one) is a subvolume; returns where each volume's parent snapshot is (undefined: sent whole).
+ */
+async function checkSnapshots(record: BackupRecord): Promise<(volume: string) => string | undefined> {
+  for (const v of record.volumes) await requireSubvolume(v.snapshot, `snapshot of ${v.name}:`);
   const parentOf = (name: string) =>
-    record.parent && record.volumes.find((v) => v.name === name)?.parentUuid
-      ? path.join(record.parent.set, name)
-      : undefined;
+    record.parent && record.volumes.find((v) => v.name === name)?.parentUuid ? path.join(record.parent.set, name) : undefined;
   for (const v of record.volumes) {
     const p = parentOf(v.name);
     if (p) await requireSubvolume(p, `parent snapshot of ${v.name}:`);
   }
-  const meta = await collectMeta(record.containerDir, record.volumes.map((v) => v.name), log);
-  const nested: ManifestNested[] = [];
+  return parentOf;
+}
+
+/** Subvolumes nested in the volumes, which btrfs send does not cross: each is warned of and listed in the manifest. */
+async function findNested(record: BackupRecord, log: Log, signal: AbortSignal | undefined): Promise<ManifestNested[]> {
   // The volumes are asked at once: two short btrfs commands each.
   const finds = await Promise.all(
     record.volumes.map((v) =>
@@ -176,6 +184,7 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
       }),
     ),
   );
+  const nested: ManifestNested[] = [];
   for (const [i, v] of record.volumes.entries()) {
     for (const n of finds[i]!) {
       log.warn(
@@ -184,6 +193,57 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
       nested.push({ volume: v.name, ...n });
     }
   }
+  return nested;
+}
+
+/** Each snapshot's root as it is (read-only, so as the restore must make it): see VolumeRoot. */
+async function volumeRoots(record: BackupRecord): Promise<Record<string, VolumeRoot>> {
+  const roots: Record<string, VolumeRoot> = Object.create(null) as Record<string, VolumeRoot>;
+  for (const v of record.volumes) {
+    const st = await lstat(v.snapshot, { bigint: true });
+    roots[v.name] = {
+      mode: Number(st.mode & 0o7777n),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      atime: formatRootTime(st.atimeNs),
+      mtime: formatRootTime(st.mtimeNs),
+    };
+  }
+  return roots;
+}
+
+/** Frames one volume's `btrfs send` stream into the archive; a failed send says why in one line. */
+async function sendVolume(w: ArchiveWriter, record: BackupRecord, v: BackupRecord['volumes'][number], parent: string | undefined, opts: SendOptions): Promise<void> {
+  const { log, signal, progress } = opts;
+  log.verbose(`${record.name}: sending ${v.name}${parent ? ` against ${parent}` : ' whole'}`);
+  const s = send(v.snapshot, { parent, signal });
+  progress?.start({ record, volume: v.name, snapshot: v.snapshot, parent });
+  // A failing send is reported by `done`; the delta must not be taken as complete before it.
+  const framing = w.addDelta(v.name, s.stdout, progress && ((n) => progress.add(n)));
+  await Promise.all([framing, s.done]).catch(async (err) => {
+    s.stdout.destroy();
+    await s.done.catch(() => {});
+    if (!signal?.aborted && /failed with -36|File name too long/.test((err as Error).message ?? '')) {
+      const long = await findLongPath(v.snapshot, signal).catch(() => undefined);
+      if (long)
+        throw new SbkError(
+          `${record.name}: btrfs send of volume ${v.name} failed: the path ${abbreviate(long)} (${Buffer.byteLength(long)} bytes) in ${v.name} ` +
+            `is longer than btrfs send can handle (PATH_MAX ${PATH_MAX}); shorten it in the container`,
+          ExitCode.failure,
+          { cause: err },
+        );
+    }
+    throw err;
+  });
+  progress?.end();
+}
+
+/** Writes one backup's archive into `pack` (the caller finalizes the pack). */
+export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, opts: SendOptions): Promise<void> {
+  const { log, signal } = opts;
+  const parentOf = await checkSnapshots(record);
+  const meta = await collectMeta(record.containerDir, record.volumes.map((v) => v.name), log);
+  const nested = await findNested(record, log, signal);
   let changelog: Awaited<ReturnType<typeof open>> | undefined;
   if (record.changelog) {
     try {
@@ -193,25 +253,13 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
     }
   }
   try {
-    // Each snapshot's root as it is (read-only, so as the restore must make it): see VolumeRoot.
-    const roots: Record<string, VolumeRoot> = Object.create(null) as Record<string, VolumeRoot>;
-    for (const v of record.volumes) {
-      const st = await lstat(v.snapshot, { bigint: true });
-      roots[v.name] = {
-        mode: Number(st.mode & 0o7777n),
-        uid: Number(st.uid),
-        gid: Number(st.gid),
-        atime: formatRootTime(st.atimeNs),
-        mtime: formatRootTime(st.mtimeNs),
-      };
-    }
     const manifest = manifestFromRecord(record, {
       tool: `sbk ${opts.toolVersion}`,
       host: os.hostname(),
       meta: meta.map((m) => m.rel),
       changelog: changelog !== undefined,
       nestedSubvolumes: nested,
-      roots,
+      roots: await volumeRoots(record),
     });
     const w = new ArchiveWriter(pack, manifest, opts.partSize ?? DEFAULT_PART_SIZE);
     await w.start();
@@ -222,29 +270,7 @@ export async function writeBackupArchive(pack: tar.Pack, record: BackupRecord, o
     if (changelog) await w.addChangelog(changelog.createReadStream({ autoClose: false }), (await changelog.stat()).size);
     for (const v of record.volumes) {
       signal?.throwIfAborted();
-      const parent = parentOf(v.name);
-      log.verbose(`${record.name}: sending ${v.name}${parent ? ` against ${parent}` : ' whole'}`);
-      const s = send(v.snapshot, { parent, signal });
-      opts.onVolume?.({ phase: 'start', record, volume: v.name, snapshot: v.snapshot, parent });
-      // A failing send is reported by `done`; the delta must not be taken as complete before it.
-      const onProgress = opts.onProgress;
-      const framing = w.addDelta(v.name, s.stdout, onProgress && ((n) => onProgress(v.name, n)));
-      await Promise.all([framing, s.done]).catch(async (err) => {
-        s.stdout.destroy();
-        await s.done.catch(() => {});
-        if (!signal?.aborted && /failed with -36|File name too long/.test((err as Error).message ?? '')) {
-          const long = await findLongPath(v.snapshot, signal).catch(() => undefined);
-          if (long)
-            throw new SbkError(
-              `${record.name}: btrfs send of volume ${v.name} failed: the path ${abbreviate(long)} (${Buffer.byteLength(long)} bytes) in ${v.name} ` +
-                `is longer than btrfs send can handle (PATH_MAX ${PATH_MAX}); shorten it in the container`,
-              ExitCode.failure,
-              { cause: err },
-            );
-        }
-        throw err;
-      });
-      opts.onVolume?.({ phase: 'end', record, volume: v.name, snapshot: v.snapshot, parent });
+      await sendVolume(w, record, v, parentOf(v.name), opts);
     }
     await w.finish();
   } finally {

@@ -6,6 +6,7 @@ import { readArchiveHead } from '../../formats/archive/open.js';
 import { chainId, followProblem, type ChainId } from '../../formats/archive/links.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { ParsedArchiveName } from '../../core/layout.js';
+import type { ProgressHooks } from '../../core/progress.js';
 
 export interface RestoreInput {
   /** A path, or 'stdin': for messages. */
@@ -18,15 +19,16 @@ export interface RestoreInput {
   size?: number;
 }
 
-/** Progress of the volumes' send streams as they are received or checked. */
-export interface RestoreProgress {
-  /** A volume's stream starts: the archive, the volume, and the tar stream it is read from. */
-  volume(archive: string, volume: string, input: RestoreInput, tarStream: Readable): void;
-  /** Bytes of the current volume's stream passed on (called per chunk: keep it cheap). */
-  add(n: number): void;
-  /** The current volume's stream is complete. */
-  end(): void;
+/** A volume's send stream as it starts being received or checked: the archive, the volume, and the tar stream it is read from. */
+export interface VolumeRead {
+  archive: string;
+  volume: string;
+  input: RestoreInput;
+  tarStream: Readable;
 }
+
+/** Progress of the volumes' send streams as they are received or checked. */
+export type RestoreProgress = ProgressHooks<VolumeRead>;
 
 /** An original Subutai archive: only its file name (or --as) says what it is. */
 export function legacyId(input: RestoreInput, as: string | undefined): ChainId {

@@ -141,7 +141,7 @@ export class Receiver {
     const check = sendStreamCheck(() => `${archive.name}: ${rec.entry}`, this.guards.of(volume));
     const rec: Receiving = { volume, entry, dir, stdin: r.stdin, done: r.done, check };
     this.receiving = rec;
-    this.opts.progress?.volume(archive.name, volume, from.input, from.tarStream);
+    this.opts.progress?.start({ archive: archive.name, volume, input: from.input, tarStream: from.tarStream });
     return rec;
   }
 

@@ -90,7 +90,7 @@ async function verifyStream(input: RestoreInput, tarStream: Readable, guards: Gu
           volume = e.volume;
           volumes++;
           check = sendStreamCheck(() => `${name}: ${entryName}`, guards.of(e.volume!));
-          progress?.volume(name, e.volume!, input, tarStream);
+          progress?.start({ archive: name, volume: e.volume!, input, tarStream });
         }
         entryName = e.name;
         for await (const c of e.body) {
