@@ -54,7 +54,7 @@ async function candidatePaths(lxcDir: string, name: string, sockets: string[]): 
  * config LXC cannot load (edited since it started) but whose command socket is bound is
  * reported as RUNNING: it is there, whatever its config says now.
  */
-async function lxcContainerState(lxcDir: string, name: string, signal?: AbortSignal): Promise<LxcStateAnswer | undefined> {
+export async function lxcContainerState(lxcDir: string, name: string, signal?: AbortSignal): Promise<LxcStateAnswer | undefined> {
   const sockets = await abstractSockets();
   let found: LxcStateAnswer | undefined;
   for (const p of await candidatePaths(lxcDir, name, sockets)) {
