@@ -184,6 +184,8 @@ describe.skipIf(mode === 'skip')('sbk-unpack --force and a running LXC container
     expect(mac).not.toBe('00:16:3e:5b:0a:01');
     expect(restored).toMatch(new RegExp(`^lxc\\.net\\.0\\.veth\\.pair = veth${mac!.split(':').slice(3).join('')}$`, 'm'));
     expect(await sb.lxc.attach('web-new', ['cat', '/sys/class/net/eth0/address'])).toBe(mac);
+    // LXC 5 quotes the host name: the new one is written the same way.
+    expect(restored).toMatch(/^lxc\.uts\.name = "web-new"$/m);
     expect(restored).toContain(`lxc.rootfs.path = btrfs:${sb.lxcDir}/web-new/rootfs`);
     expect(restored).not.toContain(`${sb.lxcDir}/web/`);
   });
