@@ -121,7 +121,15 @@ export async function containerVolumes(dirs: Dirs, container: string): Promise<C
         `volume '${v.name}' of ${container} has a name sbk cannot archive (letters, digits and _ . + - only; not 'meta')`,
         ExitCode.badInput,
       );
-    await requireSubvolume(v.source, `volume ${v.name} of ${container}:`);
+    await requireSubvolume(v.source, `volume ${v.name} of ${container}:`).catch((err: unknown) => {
+      if (!(err instanceof SbkError) || !err.message.endsWith('is not a BTRFS subvolume')) throw err;
+      // A plain directory named by the config (a mount entry, or a dir-backed rootfs): say what to do.
+      throw new SbkError(
+        `${err.message}: only subvolumes are backed up as volumes; make it one (btrfs subvolume create, then move its files in)` +
+          (v.mount === '/' ? '' : ' or bind it in from outside the container directory'),
+        err.exitCode,
+      );
+    });
   }
   return { container, containerDir, volumes, skipped };
 }
