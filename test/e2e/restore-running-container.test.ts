@@ -5,7 +5,7 @@
 // a new name: its own host name, MAC and veth), and one LXC cannot start exits 8, in place.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { existsSync } from 'node:fs';
-import { readdir, readFile, writeFile, appendFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile, appendFile, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { BIN, sh } from '../helpers/sandbox.js';
@@ -204,5 +204,22 @@ describe.skipIf(mode === 'skip')('sbk-unpack --force and a running LXC container
     expect(existsSync(path.join(sb.lxcDir, 'broken-copy', 'config'))).toBe(true);
     expect(await sb.lxc.state('broken-copy')).toBe('STOPPED');
     expect(await leftovers()).toEqual([]);
+  });
+
+  it('a mount entry binding a host path missing here: the restore warns, and --start fails saying so (exit 8)', async () => {
+    const hostData = path.join(sb.dir, 'host-data');
+    await mkdir(hostData);
+    const cdir = await sb.lxc.create('hostbind');
+    await appendFile(path.join(cdir, 'config'), `lxc.mount.entry = ${hostData} srv none bind,create=dir 0 0\n`);
+    const archive = await backup('hostbind');
+    await rm(hostData, { recursive: true });
+    sb.lxc.track('hostbind-copy');
+    const r = await sh(`sbk-unpack --as hostbind-copy --start ${archive}`, sb);
+    expect(r.exitCode).toBe(8);
+    expect(r.stderr).toContain(
+      `warning: hostbind-copy: lxc.mount.entry binds ${hostData} (at srv), a host path that is not in the backup and does not exist on this host`,
+    );
+    expect(r.stderr).toMatch(/container hostbind-copy did not start: .*; the restored container stays in place at /);
+    expect(await sb.lxc.state('hostbind-copy')).toBe('STOPPED');
   });
 });
