@@ -185,7 +185,7 @@ function whyNotAVolume(src: string, containerDirs: string[], volumes: VolumeRef[
     if (rel === '..' || rel.startsWith('../') || path.isAbsolute(rel)) continue;
     const top = rel.split(path.sep)[0]!;
     if (volumes.some((v) => v.name === top)) return `inside volume ${top}: backed up with it`;
-    return 'inside the container directory but not a subvolume directly in it: not in the backup';
+    return 'inside the container directory but not a subvolume directly in it: not a volume (at most its small files are kept as meta files)';
   }
   return 'a host path outside the container directory: not in the backup';
 }

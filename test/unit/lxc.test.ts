@@ -324,7 +324,7 @@ describe('configVolumes: LXC 2 syntax', () => {
       { source: `${LXC}/c2/home`, reason: 'a host path outside the container directory: not in the backup' },
       { source: `${C1}/rootfs/srv`, reason: 'inside volume rootfs: backed up with it' },
       { source: `${C1}/resolv.conf`, reason: 'a file bind mount: not a volume' },
-      { source: `${C1}/data/www`, reason: 'inside the container directory but not a subvolume directly in it: not in the backup' },
+      { source: `${C1}/data/www`, reason: 'inside the container directory but not a subvolume directly in it: not a volume (at most its small files are kept as meta files)' },
       { source: C1, reason: 'the container directory itself: not a volume (its subvolumes are)' },
       { source: '/lonely', reason: 'malformed mount entry' },
       { source: '', reason: 'malformed mount entry' },
