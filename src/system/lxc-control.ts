@@ -56,10 +56,11 @@ export async function stopContainer(lxcDir: string, name: string, opts: LxcContr
     requireTool(await run('lxc-unfreeze', ['-P', P, '-n', name], SLACK_MS), 'lxc-unfreeze');
   }
   opts.log?.info(`stopping container ${name} (lxc-stop ${where} -t ${timeoutS})`);
-  const clean = await run('lxc-stop', ['-P', P, '-n', name, '-t', String(timeoutS)], timeoutS * 1000 + SLACK_MS);
+  // --nokill: lxc-stop would kill it after the timeout in silence; sbk says so, then kills it.
+  const clean = await run('lxc-stop', ['-P', P, '-n', name, '-t', String(timeoutS), '--nokill'], timeoutS * 1000 + SLACK_MS);
   requireTool(clean, 'lxc-stop');
   if ((await lxcContainerState(lxcDir, name))?.state !== 'STOPPED') {
-    opts.log?.warn(`container ${name} did not stop within ${timeoutS} s (${lastError(clean)}): killing it (lxc-stop ${where} -k)`);
+    opts.log?.warn(`container ${name} did not stop within ${timeoutS} s: killing it (lxc-stop ${where} -k)`);
     await run('lxc-stop', ['-P', P, '-n', name, '-k'], SLACK_MS);
     await run('lxc-wait', ['-P', P, '-n', name, '-s', 'STOPPED', '-t', String(timeoutS)], timeoutS * 1000 + SLACK_MS);
   }

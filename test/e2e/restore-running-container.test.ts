@@ -222,4 +222,18 @@ describe.skipIf(mode === 'skip')('sbk-unpack --force and a running LXC container
     expect(r.stderr).toMatch(/container hostbind-copy did not start: .*; the restored container stays in place at /);
     expect(await sb.lxc.state('hostbind-copy')).toBe('STOPPED');
   });
+
+  it('--stop kills a container that does not stop within --stop-timeout, says so, and starts the restored one', async () => {
+    const cdir = await sb.lxc.create('stubborn');
+    // A halt signal its init ignores: the clean stop cannot succeed.
+    await appendFile(path.join(cdir, 'config'), 'lxc.signal.halt = SIGWINCH\n');
+    await backup('stubborn');
+    await sb.lxc.start('stubborn');
+    const r = await sh('sbk-plan stubborn | sbk-unpack --force --stop --stop-timeout 2', sb);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/warning: container stubborn did not stop within 2 s: killing it \(lxc-stop -P \S+ -n stubborn -k\)/);
+    expect(r.stderr).toMatch(/replaced the old one/);
+    expect(r.stderr).toMatch(/started stubborn: RUNNING/);
+    expect(await sb.lxc.state('stubborn')).toBe('RUNNING');
+  });
 });

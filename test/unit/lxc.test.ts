@@ -21,6 +21,7 @@ import {
   type ConfigVolumes,
 } from '../../src/formats/lxc-config.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
+import { startFailureReason } from '../../src/system/lxc-control.js';
 import { sampleConfig, ROOT } from '../helpers/sandbox.js';
 import { sbkErrorOf as errorOf } from '../helpers/errors.js';
 
@@ -565,5 +566,17 @@ describe('quoted values (LXC removes one pair of matching quotes)', () => {
     expect(serializeLxcConfig(config)).toBe(
       `lxc.rootfs.path = "btrfs:${LXC}/c2/rootfs"\r\nlxc.mount.entry='${LXC}/c2/home home none bind 0 0'  \r\nlxc.uts.name =\t"c2"\r\n`,
     );
+  });
+});
+
+describe('startFailureReason (lxc-start log)', () => {
+  it('is the reason of the first ERROR line', () => {
+    const log = [
+      'lxc-start c2 20261205085030.765 ERROR    start - ../src/lxc/start.c:start:2197 - No such file or directory - Failed to exec "/sbin/init"',
+      'lxc-start c2 20261205085030.766 ERROR    lxc_start - ../src/lxc/tools/lxc_start.c:main:306 - The container failed to start',
+    ].join('\n');
+    expect(startFailureReason(log)).toBe('No such file or directory - Failed to exec "/sbin/init"');
+    expect(startFailureReason('')).toBeUndefined();
+    expect(startFailureReason('lxc-start c2 20261205085030.765 INFO     conf - x.c:f:1 - fine')).toBeUndefined();
   });
 });
