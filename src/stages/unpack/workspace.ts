@@ -147,8 +147,9 @@ export class Workspace {
     try {
       return { replaced: await this.renameIn(), stopped };
     } catch (err) {
-      // The old container is back in place (renameIn puts it back): it runs again, as it did.
-      if (stopped && (await exists(target)))
+      // The old container is back in place (renameIn puts it back): it runs again, as it did
+      // (unless someone started it meanwhile, which is why the swap was refused).
+      if (stopped && (await exists(target)) && (await lxcContainerState(lxcDir, name))?.state === 'STOPPED')
         await startContainer(lxcDir, name, { log: this.opts.log }).then(
           () => this.opts.log.info(`started the old ${name} again: the restore did not replace it`),
           (e: unknown) => this.opts.log.error(`${(e as Error).message}; the old ${name} stays stopped`),
