@@ -29,7 +29,7 @@ export function toolVersion(): string {
 }
 
 const EPILOG =
-  'Exit status: 0 ok, 1 failure, 2 usage, 3 bad input, 4 corrupt data, 5 not found, 6 conflict, 7 locked, 70 bug, 130/143 interrupted, 141 broken pipe.\nSee man sbk(7) for the formats.';
+  'Exit status: 0 ok, 1 failure, 2 usage, 3 bad input, 4 corrupt data, 5 not found, 6 conflict, 7 locked, 8 restored but not started, 70 bug, 130/143 interrupted, 141 broken pipe.\nSee man sbk(7) for the formats.';
 
 /** The options every binary has, in the order --help lists them (then version, help, the binary's own). */
 const COMMON_OPTIONS = [

@@ -11,6 +11,9 @@ import type { Meter, Progress } from '../core/progress.js';
 interface UnpackArgs {
   as?: string;
   force?: boolean;
+  start?: boolean;
+  stop?: boolean;
+  stopTimeout?: number;
   verify?: boolean;
   wait?: string;
   progress?: boolean;
@@ -100,15 +103,24 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-unpack',
       usage:
-        '$0 [--as NAME] [--force] [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.gz | sbk-unpack).',
+        '$0 [--as NAME] [--force [--stop]] [--start] [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.gz | sbk-unpack).',
       options: (y) =>
         y
           .option('as', { type: 'string', describe: 'restore under this container name (default: the archived name)' })
           .option('force', { alias: 'f', type: 'boolean', describe: 'replace an existing container, once the new one is complete' })
+          .option('stop', { type: 'boolean', describe: 'with --force: stop the container being replaced if it runs (then start the restored one)' })
+          .option('stop-timeout', { type: 'number', describe: 'seconds a clean stop may take before lxc-stop -k (default 30)' })
+          .option('start', { type: 'boolean', describe: 'start the restored container (lxc-start) and wait until it runs' })
           .option('wait', WAIT_OPTION)
           .option('verify', { type: 'boolean', describe: 'check archives fully (gzip, tar, sha256, send streams); restore nothing, needs no root' })
           .option('progress', PROGRESS_OPTION)
-          .conflicts('verify', ['as', 'force']),
+          .conflicts('verify', ['as', 'force', 'start', 'stop'])
+          .check((a) => {
+            if (a.stop && !a.force) throw new Error('--stop stops the container that --force replaces: give --force too');
+            const t = a.stopTimeout as number | undefined;
+            if (t !== undefined && (!Number.isInteger(t) || t < 1)) throw new Error('--stop-timeout takes a whole number of seconds from 1');
+            return true;
+          }),
       run: async (args, ctx) => {
         const { restoreChain } = await import('../stages/unpack/restore.js');
         const { verifyInputs } = await import('../stages/unpack/verify.js');
@@ -138,6 +150,9 @@ export function main(argv: string[]): Promise<void> {
             lxcDir: ctx.dirs.lxcDir,
             as: args.as,
             force: args.force,
+            stop: args.stop,
+            stopTimeoutS: args.stopTimeout,
+            start: args.start,
             log: ctx.log,
             signal: ctx.signal,
             progress,

@@ -11,6 +11,7 @@ export const ExitCode = {
   notFound: 5, // no such container, backup, parent or archive
   conflict: 6, // the target already exists (archive, container, snapshot set)
   locked: 7, // another run holds the lock
+  notStarted: 8, // the container is restored in place, but LXC did not start it (sbk-unpack --start)
   bug: 70, // an internal error: please report it with the stack
   // The reader of stdout went away: 128 + SIGPIPE, as a process killed by SIGPIPE reports, so
   // that a pipeline can tell a stage that only lost its reader from the one that failed.

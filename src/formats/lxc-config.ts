@@ -1,7 +1,8 @@
 // The LXC container config: which BTRFS volumes a container has and where they are mounted.
-// LXC 2 spells the keys lxc.rootfs / lxc.utsname / lxc.network.*, LXC 3 lxc.rootfs.path /
-// lxc.uts.name / lxc.net.0.*; both are read. Lines are kept as written so a rewrite (restore
-// under a new name) changes only what it must.
+// LXC 2 spells the keys lxc.rootfs / lxc.utsname / lxc.network.* / lxc.id_map, LXC 3+
+// lxc.rootfs.path / lxc.uts.name / lxc.net.0.* / lxc.idmap; both are read. Values are read as LXC
+// reads them (trimmed, one pair of matching quotes removed: LXC 5 writes `lxc.uts.name = "c1"`).
+// Lines are kept as written so a rewrite (restore under a new name) changes only what it must.
 import path from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { SbkError, ExitCode } from '../core/errors.js';
@@ -39,8 +40,19 @@ export function serializeLxcConfig(cfg: LxcConfig): string {
   return cfg.lines.map((l) => l.raw).join('\n');
 }
 
+/**
+ * A value as LXC reads it: one pair of matching quotes (" or ') around it removed, as LXC's
+ * parse_line does; `quote` is what was removed, for writing a new value the same way.
+ */
+export function unquote(value: string): { inner: string; quote: string } {
+  const q = value[0];
+  if ((q === '"' || q === "'") && value.length > 1 && value.endsWith(q)) return { inner: value.slice(1, -1), quote: q };
+  return { inner: value, quote: '' };
+}
+
+/** Every value of `key`, in order, as LXC reads them (unquoted). */
 export function configValues(cfg: LxcConfig, key: string): string[] {
-  return cfg.lines.filter((l) => l.key === key).map((l) => l.value ?? '');
+  return cfg.lines.filter((l) => l.key === key).map((l) => unquote(l.value ?? '').inner);
 }
 
 export function configValue(cfg: LxcConfig, ...keys: string[]): string | undefined {
@@ -115,6 +127,8 @@ export function configVolumes(cfg: LxcConfig, containerDir: string): ConfigVolum
     );
   volumes.push({ name: path.basename(rootLocal), source: rootLocal, mount: '/' });
   const rootMount = configValue(cfg, 'lxc.rootfs.mount');
+  // Sources that are paths but not volumes: why, once every volume is known.
+  const notVolumes: { at: number; source: string }[] = [];
   for (const entry of configValues(cfg, 'lxc.mount.entry')) {
     const f = splitFstabFields(entry);
     const [src, dest, type, opts] = f;
@@ -128,11 +142,12 @@ export function configVolumes(cfg: LxcConfig, containerDir: string): ConfigVolum
     }
     const loc = local(src);
     if (!loc) {
-      skipped.push({ source: src, reason: 'outside the container directory' });
+      notVolumes.push({ at: skipped.length, source: src });
+      skipped.push({ source: src, reason: '' });
       continue;
     }
     if ((opts ?? '').split(',').includes('create=file')) {
-      skipped.push({ source: src, reason: 'a file bind mount' });
+      skipped.push({ source: src, reason: 'a file bind mount: not a volume' });
       continue;
     }
     let inside = dest;
@@ -147,6 +162,7 @@ export function configVolumes(cfg: LxcConfig, containerDir: string): ConfigVolum
     const mount = path.posix.normalize('/' + inside).replace(/\/+$/, '') || '/';
     volumes.push({ name: path.basename(loc), source: loc, mount });
   }
+  for (const n of notVolumes) skipped[n.at]!.reason = whyNotAVolume(n.source, [...new Set([here, written])], volumes);
   const seen = new Set<string>();
   for (const v of volumes) {
     if (seen.has(v.name))
@@ -154,6 +170,24 @@ export function configVolumes(cfg: LxcConfig, containerDir: string): ConfigVolum
     seen.add(v.name);
   }
   return { volumes, skipped };
+}
+
+/**
+ * Why a mount entry's source path is not a volume: a path inside a volume is backed up with it;
+ * one deeper in the container directory (only subvolumes directly in it are volumes) or on the
+ * host is not in the backup at all.
+ */
+function whyNotAVolume(src: string, containerDirs: string[], volumes: VolumeRef[]): string {
+  const abs = path.resolve(containerDirs[0]!, src);
+  for (const dir of containerDirs) {
+    const rel = path.relative(dir, abs);
+    if (rel === '') return 'the container directory itself: not a volume (its subvolumes are)';
+    if (rel === '..' || rel.startsWith('../') || path.isAbsolute(rel)) continue;
+    const top = rel.split(path.sep)[0]!;
+    if (volumes.some((v) => v.name === top)) return `inside volume ${top}: backed up with it`;
+    return 'inside the container directory but not a subvolume directly in it: not a volume (at most its small files are kept as meta files)';
+  }
+  return 'a host path outside the container directory: not in the backup';
 }
 
 export async function readContainerConfig(containerDir: string): Promise<LxcConfig> {
@@ -256,7 +290,9 @@ export function rewriteConfigForRestore(cfg: LxcConfig, opts: RestoreRewrite): R
   const lines = cfg.lines.map((line): ConfigLine => {
     if (line.key === undefined || line.value === undefined) return line;
     const key = line.key;
-    let value = line.value;
+    // The value LXC reads: quotes stay around whatever it becomes.
+    const { inner: before, quote } = unquote(line.value);
+    let value = before;
     // A mount entry is fstab-style: white space in the new directory must be escaped there, or
     // LXC (and configVolumes) would split the path into fields.
     const to = (p: { to: string }) => (key === 'lxc.mount.entry' ? fstabEscape(opts.toDir) : p.to);
@@ -267,11 +303,13 @@ export function rewriteConfigForRestore(cfg: LxcConfig, opts: RestoreRewrite): R
       if (net !== undefined && key.endsWith('.hwaddr')) value = macFor(net);
       if (net !== undefined && key.endsWith('.veth.pair')) value = vethPairName(macFor(net));
     }
-    if (value === line.value) return line;
-    changes.push(`${key}: ${line.value} -> ${value}`);
+    if (value === before) return line;
+    changes.push(`${key}: ${before} -> ${value}`);
+    const written = quote + value + quote;
     const eq = line.raw.indexOf('=');
     const after = /^\s*/.exec(line.raw.slice(eq + 1))![0];
-    return { raw: line.raw.slice(0, eq + 1) + after + value, key, value };
+    const trailing = /\s*$/.exec(line.raw)![0]; // a CRLF file's \r too
+    return { raw: line.raw.slice(0, eq + 1) + after + written + trailing, key, value: written };
   });
   return { config: { lines }, changes };
 }

@@ -54,7 +54,7 @@ async function candidatePaths(lxcDir: string, name: string, sockets: string[]): 
  * config LXC cannot load (edited since it started) but whose command socket is bound is
  * reported as RUNNING: it is there, whatever its config says now.
  */
-async function lxcContainerState(lxcDir: string, name: string, signal?: AbortSignal): Promise<LxcStateAnswer | undefined> {
+export async function lxcContainerState(lxcDir: string, name: string, signal?: AbortSignal): Promise<LxcStateAnswer | undefined> {
   const sockets = await abstractSockets();
   let found: LxcStateAnswer | undefined;
   for (const p of await candidatePaths(lxcDir, name, sockets)) {
@@ -121,7 +121,15 @@ export async function containerVolumes(dirs: Dirs, container: string): Promise<C
         `volume '${v.name}' of ${container} has a name sbk cannot archive (letters, digits and _ . + - only; not 'meta')`,
         ExitCode.badInput,
       );
-    await requireSubvolume(v.source, `volume ${v.name} of ${container}:`);
+    await requireSubvolume(v.source, `volume ${v.name} of ${container}:`).catch((err: unknown) => {
+      if (!(err instanceof SbkError) || !err.message.endsWith('is not a BTRFS subvolume')) throw err;
+      // A plain directory named by the config (a mount entry, or a dir-backed rootfs): say what to do.
+      throw new SbkError(
+        `${err.message}: only subvolumes are backed up as volumes; make it one (btrfs subvolume create, then move its files in)` +
+          (v.mount === '/' ? '' : ' or bind it in from outside the container directory'),
+        err.exitCode,
+      );
+    });
   }
   return { container, containerDir, volumes, skipped };
 }

@@ -199,6 +199,8 @@ describe.skipIf(mode === 'skip')('backup flow on loopback BTRFS', () => {
       const r = await sh('sbk-snap c4', sb);
       expect(r.exitCode).toBe(3);
       expect(r.stderr).toMatch(/c4\/home is not a BTRFS subvolume/);
+      // It says what to do about it, in the same line.
+      expect(r.stderr).toMatch(/c4\/home is not a BTRFS subvolume: only subvolumes are backed up as volumes; .*btrfs subvolume create/);
       expect(await ls(path.join(sb.backupDir, 'c4'))).toEqual([]);
     });
 

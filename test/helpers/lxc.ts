@@ -54,6 +54,8 @@ export interface LxcHost {
   /** Stops it (cleanly, then by force) and waits until it is STOPPED. */
   stop(name: string): Promise<void>;
   state(name: string): Promise<LxcState>;
+  /** A container something else makes or starts (sbk-unpack --start): stopped and destroyed in teardown. */
+  track(name: string): void;
   /** Runs a command inside the running container. */
   attach(name: string, cmd: string[]): Promise<string>;
   /** Stops and destroys every container this host created or started. Never throws. */
@@ -122,6 +124,9 @@ export function lxcHost(lxcDir: string): LxcHost {
       await must('lxc-wait', ['-P', lxcDir, '-n', name, '-s', 'STOPPED', '-t', String(TIMEOUT_S)]);
     },
     state: (name) => lxcState(lxcDir, name),
+    track(name) {
+      ours.add(name);
+    },
     async attach(name, cmd) {
       return (await must('lxc-attach', ['-P', lxcDir, '-n', name, '--', ...cmd])).stdout;
     },

@@ -2,8 +2,11 @@
 // any text parses and serializes back byte for byte; configVolumes on random and hostile
 // configs gives volumes that are the container's own subvolumes or fails with an SbkError
 // (exit 3), never another exception; the restore rewrite moves exactly the paths under the old
-// container directories and keeps every other byte. Fixed seeds.
+// container directories and keeps every other byte; on the lines of real configs (LXC 5, Subutai
+// LXC 2, quoted, any spacing) a rewrite under a new name changes only what names the container.
+// Fixed seeds.
 import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, it, expect } from 'vitest';
 import {
@@ -12,9 +15,11 @@ import {
   configVolumes,
   rewriteConfigForRestore,
   vethPairName,
+  unquote,
   type ConfigVolumes,
 } from '../../src/formats/lxc-config.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
+import { ROOT } from '../helpers/sandbox.js';
 
 describe('fuzz: parseLxcConfig / serializeLxcConfig', () => {
   it('any text round-trips byte for byte; keyed lines split at the first =, trimmed', () => {
@@ -254,5 +259,71 @@ describe('regressions found by fuzzing', () => {
       ['rootfs', '/srv/my lxc/c2/rootfs'],
       ['home', '/srv/my lxc/c2/home'],
     ]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Real configs: the lines of test/fixtures/lxc-configs (LXC 5 busybox, Subutai LXC 2) and what
+// else LXC configs hold (lxc.idmap, includes, quoted values), in random order, spacing and quotes
+
+describe('fuzz: real config lines', () => {
+  const FIXTURES = path.join(ROOT, 'test/fixtures/lxc-configs');
+  const DIR = '@DIR@';
+  const pool = [
+    ...readFileSync(path.join(FIXTURES, 'lxc5-busybox.config'), 'utf8').replaceAll('/var/lib/lxc/c1', DIR).split('\n'),
+    ...readFileSync(path.join(FIXTURES, 'subutai-lxc2.config'), 'utf8').replaceAll('/var/snap/subutai/common/lxc/web1', DIR).split('\n'),
+    'lxc.idmap = u 0 100000 65536',
+    'lxc.idmap = g 0 100000 65536',
+    'lxc.include = /usr/share/lxc/config/common.conf',
+    `lxc.include = ${DIR}/extra.conf`,
+    'lxc.net.0.hwaddr = 00:16:3e:00:00:01',
+    'lxc.net.0.veth.pair = vethc1',
+    'lxc.mount.entry = tmpfs tmp tmpfs defaults,create=dir 0 0',
+    'lxc.mount.entry = proc proc proc nodev,noexec,nosuid 0 0',
+    `lxc.log.file = ${DIR}/c1.log`,
+    'lxc.log.file = /var/log/lxc/c1.log',
+  ].filter((l) => l.trim() !== '');
+  const NAMING = /^lxc\.(utsname|uts\.name|network\.hwaddr|network\.veth\.pair|net\.\d+\.hwaddr|net\.\d+\.veth\.pair)$/;
+  const lineArb = fc
+    .tuple(fc.constantFrom(...pool), fc.constantFrom('', '"', "'"), fc.constantFrom(' = ', '=', ' =\t', '  =  '), fc.constantFrom('', ' ', '\r'))
+    .map(([line, q, eq, tail]) => {
+      const i = line.indexOf('=');
+      if (line.trim().startsWith('#') || i < 0) return line + tail;
+      return line.slice(0, i).trim() + eq + q + line.slice(i + 1).trim() + q + tail;
+    });
+
+  it('parse/serialize keeps every line as written; a rewrite under a new name changes only what names the container', () => {
+    fc.assert(
+      fc.property(
+        fc.array(lineArb, { maxLength: 30 }),
+        fc.constantFrom('/var/lib/lxc/c1', '/var/snap/subutai/common/lxc/web1', '/srv/lxc/c1'),
+        fc.constantFrom('/var/lib/lxc/c2', '/srv/other/web2', '/var/snap/subutai/common/lxc/c1-new'),
+        (lines, from, to) => {
+          const text = lines.join('\n').replaceAll(DIR, from) + '\n';
+          const cfg = parseLxcConfig(text);
+          expect(serializeLxcConfig(cfg)).toBe(text);
+          const newName = path.basename(to);
+          const { config } = rewriteConfigForRestore(cfg, { fromDirs: [from], toDir: to, newName });
+          expect(config.lines).toHaveLength(cfg.lines.length);
+          cfg.lines.forEach((l, i) => {
+            const n = config.lines[i]!;
+            if (l.key === undefined) return expect(n).toBe(l);
+            const { inner, quote } = unquote(l.value!);
+            const mine = inner.includes(from + '/') || inner.endsWith(from);
+            if (!NAMING.test(l.key) && !mine) return expect(n.raw).toBe(l.raw);
+            // Changed in place: key, spacing, quotes and line end as written.
+            expect(n.raw.startsWith(l.raw.slice(0, l.raw.indexOf('=') + 1))).toBe(true);
+            expect(/\s*$/.exec(n.raw)![0]).toBe(/\s*$/.exec(l.raw)![0]);
+            const got = unquote(n.value!);
+            expect(got.quote).toBe(quote);
+            if (/uts/.test(l.key)) expect(got.inner).toBe(newName);
+            else if (/hwaddr$/.test(l.key)) expect(got.inner).toMatch(/^[0-9a-f][26ae](:[0-9a-f]{2}){5}$/);
+            else if (/veth\.pair$/.test(l.key)) expect(got.inner).toMatch(/^veth[0-9a-f]{6}$/);
+            else expect(got.inner).toBe(inner.replaceAll(from, to));
+          });
+        },
+      ),
+      { seed: 4247, numRuns: 500 },
+    );
   });
 });

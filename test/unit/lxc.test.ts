@@ -1,7 +1,10 @@
 // The LXC config (src/formats/lxc-config.ts): parsing and byte-exact serializing, values, fstab
 // fields, the rootfs, the volumes of a container in LXC 2 and LXC 3 syntax (what is skipped and
-// why, a config written for another lxc dir), and reading a container's config.
+// why, a config written for another lxc dir), reading a container's config, quoted values, and
+// real configs (test/fixtures/lxc-configs: LXC 5's busybox template, a Subutai LXC 2 config)
+// with what a restore under a new name changes in them.
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it, expect } from 'vitest';
@@ -14,10 +17,12 @@ import {
   rootfsPath,
   configVolumes,
   readContainerConfig,
+  rewriteConfigForRestore,
   type ConfigVolumes,
 } from '../../src/formats/lxc-config.js';
 import { SbkError, ExitCode } from '../../src/core/errors.js';
-import { sampleConfig } from '../helpers/sandbox.js';
+import { startFailureReason } from '../../src/system/lxc-control.js';
+import { sampleConfig, ROOT } from '../helpers/sandbox.js';
 import { sbkErrorOf as errorOf } from '../helpers/errors.js';
 
 const LXC = '/var/snap/subutai/common/lxc';
@@ -219,7 +224,7 @@ describe('configVolumes: LXC 2 syntax', () => {
     expect(v.skipped).toEqual([
       { source: 'proc', reason: 'not a path (type proc)' },
       { source: 'sysfs', reason: 'not a path (type sysfs)' },
-      { source: '/dev/fuse', reason: 'outside the container directory' },
+      { source: '/dev/fuse', reason: 'a host path outside the container directory: not in the backup' },
     ]);
   });
 
@@ -303,6 +308,8 @@ describe('configVolumes: LXC 2 syntax', () => {
         `lxc.mount.entry = ${LXC}/c2/home c2home none bind 0 0`,
         `lxc.mount.entry = ${C1}/rootfs/srv srv none bind 0 0`,
         `lxc.mount.entry = ${C1}/resolv.conf etc/resolv.conf none bind,ro,create=file 0 0`,
+        `lxc.mount.entry = ${C1}/data/www var/www none bind 0 0`,
+        `lxc.mount.entry = ${C1} srv/c1 none bind 0 0`,
         'lxc.mount.entry = /lonely',
         'lxc.mount.entry =',
       ),
@@ -313,11 +320,13 @@ describe('configVolumes: LXC 2 syntax', () => {
       { source: 'sysfs', reason: 'not a path (type sysfs)' },
       { source: 'tmpfs', reason: 'not a path (type tmpfs)' },
       { source: 'cgroup', reason: 'not a path (type cgroup)' },
-      { source: '/dev/net/tun', reason: 'outside the container directory' },
-      { source: '/srv/shared', reason: 'outside the container directory' },
-      { source: `${LXC}/c2/home`, reason: 'outside the container directory' },
-      { source: `${C1}/rootfs/srv`, reason: 'outside the container directory' },
-      { source: `${C1}/resolv.conf`, reason: 'a file bind mount' },
+      { source: '/dev/net/tun', reason: 'a host path outside the container directory: not in the backup' },
+      { source: '/srv/shared', reason: 'a host path outside the container directory: not in the backup' },
+      { source: `${LXC}/c2/home`, reason: 'a host path outside the container directory: not in the backup' },
+      { source: `${C1}/rootfs/srv`, reason: 'inside volume rootfs: backed up with it' },
+      { source: `${C1}/resolv.conf`, reason: 'a file bind mount: not a volume' },
+      { source: `${C1}/data/www`, reason: 'inside the container directory but not a subvolume directly in it: not a volume (at most its small files are kept as meta files)' },
+      { source: C1, reason: 'the container directory itself: not a volume (its subvolumes are)' },
       { source: '/lonely', reason: 'malformed mount entry' },
       { source: '', reason: 'malformed mount entry' },
     ]);
@@ -331,7 +340,7 @@ describe('configVolumes: LXC 2 syntax', () => {
       www,
     );
     expect(v.volumes).toEqual([{ name: 'rootfs', source: `${www}/rootfs`, mount: '/' }]);
-    expect(v.skipped).toEqual([{ source: '/srv/www/uploads', reason: 'outside the container directory' }]);
+    expect(v.skipped).toEqual([{ source: '/srv/www/uploads', reason: 'a host path outside the container directory: not in the backup' }]);
   });
 
   it('refuses a volume named twice', () => {
@@ -435,7 +444,7 @@ describe('configVolumes: a config written for another lxc dir', () => {
   it('does not map another container’s directory of the original place', () => {
     const v = volumesOf(lxc2(`lxc.mount.entry = ${LXC}/c2/home home none bind 0 0`), local);
     expect(v.volumes).toEqual([{ name: 'rootfs', source: `${local}/rootfs`, mount: '/' }]);
-    expect(v.skipped).toEqual([{ source: `${LXC}/c2/home`, reason: 'outside the container directory' }]);
+    expect(v.skipped).toEqual([{ source: `${LXC}/c2/home`, reason: 'a host path outside the container directory: not in the backup' }]);
   });
 
   it('refuses a config of another container (its rootfs is not in a directory of this name)', () => {
@@ -467,5 +476,107 @@ describe('readContainerConfig', () => {
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }
+  });
+});
+
+describe('real configs (test/fixtures/lxc-configs)', () => {
+  const FIXTURES = path.join(ROOT, 'test/fixtures/lxc-configs');
+  const fixture = (name: string) => readFileSync(path.join(FIXTURES, name), 'utf8');
+  const random = () => Buffer.from([0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc]);
+  /** The lines a rewrite changed: [before, after]. */
+  const changedLines = (before: string, after: string) => {
+    const a = before.split('\n');
+    const b = after.split('\n');
+    expect(b).toHaveLength(a.length);
+    return a.flatMap((l, i) => (l === b[i] ? [] : [[l, b[i]]]));
+  };
+
+  it('LXC 5 busybox: round-trips byte for byte; values read as LXC reads them (quotes removed)', () => {
+    const text = fixture('lxc5-busybox.config');
+    const cfg = parseLxcConfig(text);
+    expect(serializeLxcConfig(cfg)).toBe(text);
+    expect(configValue(cfg, 'lxc.uts.name')).toBe('c1');
+    expect(configValue(cfg, 'lxc.rootfs.path')).toBe('btrfs:/var/lib/lxc/c1/rootfs');
+  });
+
+  it('LXC 5 busybox: the rootfs is the one volume; shm, mqueue and host binds are skipped, each saying why', () => {
+    const v = configVolumes(parseLxcConfig(fixture('lxc5-busybox.config')), '/var/lib/lxc/c1');
+    expect(v.volumes).toEqual([{ name: 'rootfs', source: '/var/lib/lxc/c1/rootfs', mount: '/' }]);
+    const host = 'a host path outside the container directory: not in the backup';
+    expect(v.skipped).toEqual([
+      { source: 'shm', reason: 'not a path (type tmpfs)' },
+      { source: 'mqueue', reason: 'not a path (type mqueue)' },
+      ...['/lib', '/usr/lib', '/lib64', '/usr/lib64', '/sys/kernel/security'].map((source) => ({ source, reason: host })),
+    ]);
+  });
+
+  it('LXC 5 busybox under a new name: only the rootfs path and the host name change, the quotes kept', () => {
+    const text = fixture('lxc5-busybox.config');
+    const { config } = rewriteConfigForRestore(parseLxcConfig(text), { fromDirs: ['/var/lib/lxc/c1'], toDir: '/srv/lxc/c2', newName: 'c2', random });
+    expect(changedLines(text, serializeLxcConfig(config))).toEqual([
+      ['lxc.rootfs.path = btrfs:/var/lib/lxc/c1/rootfs', 'lxc.rootfs.path = btrfs:/srv/lxc/c2/rootfs'],
+      ['lxc.uts.name = "c1"', 'lxc.uts.name = "c2"'],
+    ]);
+  });
+
+  it('Subutai LXC 2: the four volumes; id_map, includes, subutai.* keys and the host bind kept as written', () => {
+    const text = fixture('subutai-lxc2.config');
+    const cfg = parseLxcConfig(text);
+    expect(serializeLxcConfig(cfg)).toBe(text);
+    const dir = '/var/snap/subutai/common/lxc/web1';
+    const v = configVolumes(cfg, dir);
+    expect(v.volumes.map((x) => [x.name, x.source, x.mount])).toEqual(
+      ['rootfs', 'home', 'opt', 'var'].map((n) => [n, `${dir}/${n}`, n === 'rootfs' ? '/' : `/${n}`]),
+    );
+    expect(v.skipped).toEqual([{ source: '/dev/fuse', reason: 'a host path outside the container directory: not in the backup' }]);
+    expect(configValues(cfg, 'lxc.id_map')).toEqual(['u 0 4653056 65536', 'g 0 4653056 65536']);
+  });
+
+  it('Subutai LXC 2 under a new name: paths under the container directory, host name, MAC and veth pair change; nothing else', () => {
+    const text = fixture('subutai-lxc2.config');
+    const from = '/var/snap/subutai/common/lxc/web1';
+    const to = '/var/snap/subutai/common/lxc/web2';
+    const { config } = rewriteConfigForRestore(parseLxcConfig(text), { fromDirs: [from], toDir: to, newName: 'web2', random });
+    expect(changedLines(text, serializeLxcConfig(config))).toEqual([
+      [`lxc.rootfs = ${from}/rootfs`, `lxc.rootfs = ${to}/rootfs`],
+      [`lxc.rootfs.mount = ${from}/rootfs`, `lxc.rootfs.mount = ${to}/rootfs`],
+      ['lxc.utsname = web1', 'lxc.utsname = web2'],
+      [`lxc.mount = ${from}/fstab`, `lxc.mount = ${to}/fstab`],
+      ...['home', 'opt', 'var'].map((v) => [`lxc.mount.entry = ${from}/${v} ${v} none bind,rw 0 0`, `lxc.mount.entry = ${to}/${v} ${v} none bind,rw 0 0`]),
+      ['lxc.network.hwaddr = 00:16:3e:a1:b2:c3', 'lxc.network.hwaddr = 12:34:56:78:9a:bc'],
+      ['lxc.network.veth.pair = 00163ea1b2c3', 'lxc.network.veth.pair = veth789abc'],
+    ]);
+  });
+});
+
+describe('quoted values (LXC removes one pair of matching quotes)', () => {
+  it('reads a quoted value without its quotes; a lone or mismatched quote stays', () => {
+    const cfg = parseLxcConfig(`lxc.uts.name = "c1"\nlxc.rootfs.path = 'btrfs:${C1}/rootfs'\nlxc.a = "x\nlxc.b = "x'\nlxc.c = "\nlxc.d = ""\n`);
+    expect(configValue(cfg, 'lxc.uts.name')).toBe('c1');
+    expect(configValue(cfg, 'lxc.a')).toBe('"x');
+    expect(configValue(cfg, 'lxc.b')).toBe(`"x'`);
+    expect(configValue(cfg, 'lxc.c')).toBe('"');
+    expect(configValue(cfg, 'lxc.d')).toBe('');
+    expect(configVolumes(cfg, C1).volumes).toEqual([FOUR[0]]);
+  });
+
+  it('a quoted path is rewritten inside its quotes; the line keeps its spacing and a CRLF end', () => {
+    const text = `lxc.rootfs.path = "btrfs:${C1}/rootfs"\r\nlxc.mount.entry='${C1}/home home none bind 0 0'  \r\nlxc.uts.name =\t"c1"\r\n`;
+    const { config } = rewriteConfigForRestore(parseLxcConfig(text), { fromDirs: [C1], toDir: `${LXC}/c2`, newName: 'c2' });
+    expect(serializeLxcConfig(config)).toBe(
+      `lxc.rootfs.path = "btrfs:${LXC}/c2/rootfs"\r\nlxc.mount.entry='${LXC}/c2/home home none bind 0 0'  \r\nlxc.uts.name =\t"c2"\r\n`,
+    );
+  });
+});
+
+describe('startFailureReason (lxc-start log)', () => {
+  it('is the reason of the first ERROR line', () => {
+    const log = [
+      'lxc-start c2 20261205085030.765 ERROR    start - ../src/lxc/start.c:start:2197 - No such file or directory - Failed to exec "/sbin/init"',
+      'lxc-start c2 20261205085030.766 ERROR    lxc_start - ../src/lxc/tools/lxc_start.c:main:306 - The container failed to start',
+    ].join('\n');
+    expect(startFailureReason(log)).toBe('No such file or directory - Failed to exec "/sbin/init"');
+    expect(startFailureReason('')).toBeUndefined();
+    expect(startFailureReason('lxc-start c2 20261205085030.765 INFO     conf - x.c:f:1 - fine')).toBeUndefined();
   });
 });

@@ -13,7 +13,16 @@ import type { ArchiveEntry, VolumeRoot } from '../../formats/archive/archive.js'
 import type { ChainId } from '../../formats/archive/links.js';
 import { snapshot } from '../../system/btrfs.js';
 import { exists } from '../../system/atomic.js';
-import { parseLxcConfig, rewriteConfigForRestore, rootfsPath, configValue, serializeLxcConfig } from '../../formats/lxc-config.js';
+import {
+  parseLxcConfig,
+  rewriteConfigForRestore,
+  rootfsPath,
+  configValue,
+  configValues,
+  serializeLxcConfig,
+  splitFstabFields,
+  type LxcConfig,
+} from '../../formats/lxc-config.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
 
@@ -143,9 +152,27 @@ export class ContainerDir {
     const owner = id.manifest ? id.manifest.container : configDir ? path.basename(configDir) : fallbackOwner;
     const renamed = name !== owner;
     const { config, changes } = rewriteConfigForRestore(cfg, { fromDirs, toDir: target, newName: renamed ? name : undefined });
+    await this.warnMissingHostPaths(config, target, name);
     if (changes.length === 0) return;
     for (const c of changes) this.log.verbose(`config: ${c}`);
     await writeFile(file, serializeLxcConfig(config));
+  }
+
+  /**
+   * A mount entry binding a host path is kept as written but its data is not in the backup: one
+   * missing on this host (restored elsewhere, or removed since) keeps LXC from starting the
+   * container, unless the entry is `optional`. Said now rather than at the next lxc-start.
+   */
+  private async warnMissingHostPaths(cfg: LxcConfig, target: string, name: string): Promise<void> {
+    for (const entry of configValues(cfg, 'lxc.mount.entry')) {
+      const [src, dest, , opts] = splitFstabFields(entry);
+      if (!src?.startsWith('/') || !dest || (opts ?? '').split(',').includes('optional')) continue;
+      if (src === target || src.startsWith(target + '/')) continue;
+      if (!(await lstat(src).catch(() => undefined)))
+        this.log.warn(
+          `${name}: lxc.mount.entry binds ${src} (at ${dest}), a host path that is not in the backup and does not exist on this host: LXC will not start ${name} until it does`,
+        );
+    }
   }
 
   /** Directory modes and times last (writing into a directory changes its mtime), then the volume roots. */

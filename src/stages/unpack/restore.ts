@@ -13,6 +13,7 @@ import { readArchives, type ArchiveEntry } from '../../formats/archive/archive.j
 import { readError } from '../../formats/archive/open.js';
 import { chainId, type ChainId } from '../../formats/archive/links.js';
 import { removeTree } from '../../system/btrfs.js';
+import { startContainer } from '../../system/lxc-control.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { checkContainerName, formatTime } from '../../core/layout.js';
 import type { Log } from '../../core/log.js';
@@ -27,6 +28,12 @@ export interface RestoreOptions {
   as?: string;
   /** Replace an existing container, once the new one is complete. */
   force?: boolean;
+  /** With force: stop the container being replaced right before the swap (and start the restored one if it ran). */
+  stop?: boolean;
+  /** Seconds a clean stop may take before it is forced. */
+  stopTimeoutS?: number;
+  /** Start the restored container once it is in place. */
+  start?: boolean;
   /** Seconds to wait for another restore of the same target (undefined: fail at once). */
   lockWait?: number;
   log: Log;
@@ -67,7 +74,8 @@ class Restore {
     try {
       for (const input of inputs) await this.read(input);
       if (!this.previous) throw new SbkError('no archive in the input', ExitCode.badInput);
-      await this.finish();
+      const { stopped } = await this.finish();
+      if (this.opts.start || stopped) await this.start(stopped);
     } catch (err) {
       const reason = this.opts.signal.aborted ? this.opts.signal.reason : err;
       await this.cleanup();
@@ -141,9 +149,9 @@ class Restore {
 
   /** The first archive names the target: its workspace. */
   private async open(first: ChainId): Promise<void> {
-    const { as, lxcDir, force, lockWait, log } = this.opts;
+    const { as, lxcDir, force, stop, stopTimeoutS, lockWait, log } = this.opts;
     const name = checkContainerName(as ?? first.container, as ? '--as name' : 'container name');
-    this.ws = new Workspace({ lxcDir, force, lockWait, log, signal: this.signal }, name);
+    this.ws = new Workspace({ lxcDir, force, stop, stopTimeoutS, lockWait, log, signal: this.signal }, name);
     await this.ws.open(first);
     this.container = new ContainerDir(this.ws.work, log, this.signal);
     this.first = first;
@@ -159,7 +167,7 @@ class Restore {
     this.current = undefined;
   }
 
-  private async finish(): Promise<void> {
+  private async finish(): Promise<{ stopped: boolean }> {
     const last = this.previous!;
     const ws = this.ws!;
     const container = this.container!;
@@ -168,7 +176,25 @@ class Restore {
     await removeTree(last.dir);
     await container.seal(last.id);
     this.signal.throwIfAborted();
-    await ws.commit(last.id.name);
+    return ws.commit(last.id.name);
+  }
+
+  /** The restored container, in place: started (--start, or --stop over one that ran). */
+  private async start(stopped: boolean): Promise<void> {
+    const { lxcDir, log } = this.opts;
+    const { name, target } = this.ws!;
+    try {
+      await startContainer(lxcDir, name, { log });
+    } catch (err) {
+      if (!(err instanceof SbkError)) throw err;
+      throw new SbkError(
+        `${err.message}; the restored container stays in place at ${target}${stopped ? ' (the old one, which was running, is replaced)' : ''}: ` +
+          `see why with lxc-start -F -P ${lxcDir} -n ${name}`,
+        ExitCode.notStarted,
+        { cause: err },
+      );
+    }
+    log.info(`started ${name}: RUNNING`);
   }
 
   /** Kills a running receive and removes the temporary directory with every subvolume in it. */

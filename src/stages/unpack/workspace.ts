@@ -14,7 +14,8 @@ import path from 'node:path';
 import { acquireLock, chainLockFile, restoreLockFile, type Lock } from '../../system/lock.js';
 import { isOnBtrfs, removeTree } from '../../system/btrfs.js';
 import { exists, fsyncDir } from '../../system/atomic.js';
-import { refuseIfActive } from '../../system/lxc.js';
+import { lxcContainerState, refuseIfActive } from '../../system/lxc.js';
+import { startContainer, stopContainer } from '../../system/lxc-control.js';
 import { isProcessAlive } from '../../system/proc.js';
 import { SbkError, ExitCode, describeSystemError } from '../../core/errors.js';
 import { RESTORE_TEMP_RE, checkContainerName, restoreTempDirName } from '../../core/layout.js';
@@ -25,6 +26,10 @@ interface WorkspaceOptions {
   lxcDir: string;
   /** Replace an existing container, once the new one is complete. */
   force?: boolean;
+  /** With force: stop the container being replaced (if LXC runs it) right before the swap. */
+  stop?: boolean;
+  /** Seconds a clean stop may take before it is forced (lxc-stop -k). */
+  stopTimeoutS?: number;
   /** Seconds to wait for another restore of the same target (undefined: fail at once). */
   lockWait?: number;
   log: Log;
@@ -77,7 +82,8 @@ export class Workspace {
         ExitCode.conflict,
       );
     // --force over a running (or frozen …) container would delete its volumes from under it.
-    if (force && (await exists(target))) await refuseIfActive(lxcDir, name, 'replacing', signal);
+    // With --stop it keeps running while the archives are received and is stopped for the swap.
+    if (force && !this.opts.stop && (await exists(target))) await refuseIfActive(lxcDir, name, 'replacing', signal);
     // One restore per chain at a time, whatever its name: btrfs receive finds an incremental's
     // parent by Received UUID anywhere on the filesystem, so it could pick the subvolume another
     // restore of the chain received (and deletes once applied). Taken after the name's lock.
@@ -93,13 +99,14 @@ export class Workspace {
 
   /**
    * Moves the finished container (of `backup`) into place, with --force swapping out the one
-   * there, and removes the temporary directory. From the rename on, nothing is undone.
+   * there, and removes the temporary directory. From the rename on, nothing is undone. Returns
+   * whether a running container was stopped (--stop) to be replaced.
    */
-  async commit(backup: string): Promise<void> {
+  async commit(backup: string): Promise<{ stopped: boolean }> {
     const { lxcDir, log } = this.opts;
     const { name, target } = this;
     const tmp = this.dir;
-    const replaced = await this.swapIn();
+    const { replaced, stopped } = await this.swapIn();
     this.tmp = undefined; // committed: from here on a failure must not remove the restored container
     // The container is in place: a failure to sync the LXC dir is reported as that, once the
     // temporary directory (with the replaced container) is gone as after any restore.
@@ -122,15 +129,45 @@ export class Workspace {
       );
     }
     log.info(`restored ${backup} as ${name} in ${target}${replaced ? ' (replaced the old one)' : ''}`);
+    return { stopped };
   }
 
   /**
    * new/ to the target; with --force the container there goes to old/ first (put back if the
-   * second rename fails). Returns whether one was replaced. The existence check and rename are
-   * two steps; a container appearing in between makes rename fail (ENOTEMPTY), except an empty
-   * directory, which it replaces.
+   * second rename fails). Returns whether one was replaced, and whether it was running and
+   * stopped for that (--stop; started again if the swap fails). The existence check and rename
+   * are two steps; a container appearing in between makes rename fail (ENOTEMPTY), except an
+   * empty directory, which it replaces.
    */
-  private async swapIn(): Promise<boolean> {
+  private async swapIn(): Promise<{ replaced: boolean; stopped: boolean }> {
+    const { lxcDir } = this.opts;
+    const { name, target } = this;
+    let stopped = false;
+    if (this.opts.force && this.opts.stop && (await exists(target))) stopped = await this.stopOld();
+    try {
+      return { replaced: await this.renameIn(), stopped };
+    } catch (err) {
+      // The old container is back in place (renameIn puts it back): it runs again, as it did
+      // (unless someone started it meanwhile, which is why the swap was refused).
+      if (stopped && (await exists(target)) && (await lxcContainerState(lxcDir, name))?.state === 'STOPPED')
+        await startContainer(lxcDir, name, { log: this.opts.log }).then(
+          () => this.opts.log.info(`started the old ${name} again: the restore did not replace it`),
+          (e: unknown) => this.opts.log.error(`${(e as Error).message}; the old ${name} stays stopped`),
+        );
+      throw err;
+    }
+  }
+
+  /** --stop: the container LXC runs at the target, stopped for the swap. Returns whether it ran. */
+  private async stopOld(): Promise<boolean> {
+    const { lxcDir, log } = this.opts;
+    const state = await lxcContainerState(lxcDir, this.name, this.opts.signal);
+    if (state === undefined || state.state === 'STOPPED') return false;
+    await stopContainer(lxcDir, this.name, { timeoutS: this.opts.stopTimeoutS, log });
+    return true;
+  }
+
+  private async renameIn(): Promise<boolean> {
     const { lxcDir, signal } = this.opts;
     const { name, target } = this;
     const old = path.join(this.dir, 'old');
@@ -138,7 +175,7 @@ export class Workspace {
     const appeared = () => new SbkError(`container ${name} appeared at ${target} during the restore; not replacing it`, ExitCode.conflict);
     if (await exists(target)) {
       if (!this.opts.force) throw appeared();
-      // Again: it may have been started while the archives were received.
+      // Again: it may have been started while the archives were received (or since --stop).
       await refuseIfActive(lxcDir, name, 'replacing', signal);
       try {
         await rename(target, old);
