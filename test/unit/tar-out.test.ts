@@ -5,7 +5,8 @@
 // the container sees (rsync -naHAXc, allocated blocks of sparse files, link counts); the
 // replay's overlay overrides what the tree holds; --path selects exactly the asked subtrees.
 import { describe, it, expect } from 'vitest';
-import { mkdir, stat, readFile } from 'node:fs/promises';
+import { link, mkdir, mkdtemp, readdir, rm, stat, readFile, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { execa } from 'execa';
@@ -39,7 +40,6 @@ chown 1000:1000 rootfs/etc/nginx; chmod 750 rootfs/etc/nginx
 echo data > rootfs/usr/lib/a; ln rootfs/usr/lib/a rootfs/usr/lib/b; ln rootfs/usr/lib/a rootfs/etc/a-third-name
 ln -s ../usr/lib/a rootfs/etc/sym; ln -s /nowhere/at/all rootfs/etc/dangling
 mkfifo rootfs/etc/fifo; mknod rootfs/etc/null c 1 3; mknod rootfs/etc/loop9 b 7 9
-python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' rootfs/etc/sock
 : > rootfs/etc/empty
 dd if=/dev/urandom of=rootfs/usr/sparse bs=4k count=2 seek=300 status=none; truncate -s 4M rootfs/usr/sparse
 truncate -s 200M rootfs/usr/all-hole
@@ -61,11 +61,22 @@ touch -d 2001-02-03T04:05:06.123456789Z rootfs/etc/hostname
 touch -h -d 2002-02-03T04:05:06Z rootfs/etc/sym
 `;
 
+/** A Unix socket file at `p` that outlives its server (Node unlinks the path it listened on). */
+async function makeSocket(p: string): Promise<void> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(`${p}.tmp`, resolve));
+  await link(`${p}.tmp`, p);
+  await new Promise((resolve) => server.close(resolve));
+  await rm(`${p}.tmp`, { force: true });
+  await execa('touch', ['-h', '-d', '2003-01-01', path.dirname(p)]);
+}
+
 /** A producer that builds the sample container directory (as the replay would) in `dir`. */
 function sample(overlay: MetaOverlay = new Map(), extra = ''): TreeProducer {
   return async (dir) => {
     await mkdir(dir);
     await execa('bash', ['-c', FILL + extra, 'fill', dir]);
+    await makeSocket(path.join(dir, 'rootfs/etc/sock'));
     await execa('bash', ['-c', `printf '%s' "$2" > "$1/config"`, 'x', dir, CONFIG]);
     return { volumes: ['rootfs', 'home', 'opt'], overlay };
   };
@@ -222,5 +233,54 @@ describe('sbk-unpack --list', () => {
     expect(lines).toHaveLength(4);
     expect(lines[0]).toMatch(/^drwxr-x--- 1000\/1000 +\d+ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \/etc\/nginx$/);
     expect(lines[3]).toMatch(/^lrwxrwxrwx 0\/0 +12 2002-02-03 04:05:06 \/etc\/sym -> \.\.\/usr\/lib\/a$/);
+  });
+});
+
+describe('sbk-unpack --to DIR --path', () => {
+  /** Every path under `dir`, relative, sorted. */
+  const paths = async (dir: string) => (await execa('bash', ['-c', 'cd "$1" && find . | sort', 'x', dir])).stdout.split('\n');
+
+  for (const where of ['the same filesystem', 'another filesystem'] as const) {
+    it(`puts exactly the selection in DIR as a container directory, parents as in the tree (${where})`, async () => {
+      const out = where === 'the same filesystem' ? tmp : await mkdtemp('/dev/shm/sbk-to-');
+      const to = path.join(out, 'restored');
+      try {
+        const kept = path.join(tmp, 'container');
+        const produce = sample(new Map([['rootfs/etc/nginx/nginx.conf', { uid: 77 }], ['rootfs/etc/hostname', { uid: 88 }]]));
+        await mkdir(path.join(tmp, 'scratch'));
+        const overlay = await unpackFromTree(
+          async (dir) => {
+            const r = await produce(dir);
+            await execa('cp', ['-a', '--sparse=always', dir, kept]);
+            return r;
+          },
+          { mode: 'to', to, paths: ['/etc/nginx', '/home/ubuntu/notes.txt', '/opt'], tmp: path.join(tmp, 'scratch'), log, signal: new AbortController().signal },
+        );
+        expect(await paths(to)).toEqual(
+          ['.', './home', './home/ubuntu', './home/ubuntu/notes.txt', './opt', './opt/app', './opt/app/run', './rootfs', './rootfs/etc', './rootfs/etc/nginx', './rootfs/etc/nginx/mime.types', './rootfs/etc/nginx/nginx.conf'],
+        );
+        expect(await treeDiff(path.join(kept, 'rootfs/etc/nginx'), path.join(to, 'rootfs/etc/nginx'))).toEqual([]);
+        expect(await treeDiff(path.join(kept, 'opt'), path.join(to, 'opt'))).toEqual([]);
+        for (const d of ['rootfs', 'rootfs/etc', 'home/ubuntu', 'home']) {
+          const [a, b] = [await stat(path.join(kept, d), { bigint: true }), await stat(path.join(to, d), { bigint: true })];
+          expect([b.mode, b.uid, b.gid, b.mtimeNs], d).toEqual([a.mode, a.uid, a.gid, a.mtimeNs]);
+        }
+        expect([...overlay.keys()]).toEqual(['rootfs/etc/nginx/nginx.conf']);
+        expect(await readdir(path.join(tmp, 'scratch'))).toEqual([]);
+      } finally {
+        if (out !== tmp) await rm(out, { recursive: true, force: true });
+      }
+    });
+  }
+
+  it('refuses a DIR that holds files, and writes nothing there', async () => {
+    const to = path.join(tmp, 'full');
+    await mkdir(to);
+    await writeFile(path.join(to, 'x'), 'x');
+    await mkdir(path.join(tmp, 'scratch'));
+    const err = await unpackFromTree(sample(), { mode: 'to', to, paths: ['/etc'], tmp: path.join(tmp, 'scratch'), log, signal: new AbortController().signal }).catch((e: unknown) => e);
+    expect((err as SbkError).exitCode).toBe(6);
+    expect(await readdir(to)).toEqual(['x']);
+    expect((await readdir(tmp)).filter((n) => n.includes('.tmp-'))).toEqual([]);
   });
 });

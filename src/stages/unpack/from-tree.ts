@@ -1,6 +1,7 @@
-// sbk-unpack --tar and --list: the tree of the restored point is built in a scratch directory
+// sbk-unpack --tar, --list, and --to DIR with --path: the tree of the restored point is built in a scratch directory
 // (--tmp, default $TMPDIR) by a tree producer (the replay of the chain), then written as a pax
-// tar (tar-out.ts) or listed (list.ts), all of it or the --path selection (selection.ts). The
+// tar (tar-out.ts) or listed (list.ts), all of it or the --path selection (selection.ts), or the
+// selection put in DIR (selection-to.ts). The
 // scratch directory is removed on every way out (success, failure, signal).
 import { chmod, lstat, mkdtemp, readdir, statfs } from 'node:fs/promises';
 import path from 'node:path';
@@ -10,13 +11,16 @@ import { UNPACK_SCRATCH_PREFIX } from '../../core/layout.js';
 import type { Log } from '../../core/log.js';
 import { formatBytes } from '../../core/progress.js';
 import { removeTree } from '../../system/btrfs.js';
-import { ContainerView, containerMounts, type TreeProducer } from './tree.js';
+import { ContainerView, containerMounts, type MetaOverlay, type TreeProducer } from './tree.js';
+import { writeSelectionTo } from './selection-to.js';
 import { normalizeSelection, walkSelection } from './selection.js';
 import { TarOut } from './tar-out.js';
 import { writeList } from './list.js';
 
 export interface FromTreeOptions {
-  mode: 'tar' | 'list';
+  mode: 'tar' | 'list' | 'to';
+  /** With mode 'to': the directory the selection goes to. */
+  to?: string;
   /** --list as NDJSON. */
   json?: boolean;
   /** --path: container paths; all of the tree without. */
@@ -25,15 +29,21 @@ export interface FromTreeOptions {
   tmp: string;
   /** The archives' total size, when known (files): said up front with the space needed. */
   archiveBytes?: number;
-  out: Writable;
+  /** Where --tar and --list write (unused with mode 'to'). */
+  out?: Writable;
   log: Log;
   signal: AbortSignal;
 }
 
-/** Builds the tree with `produce` in a scratch directory and writes it (or its listing) to `out`. */
-export async function unpackFromTree(produce: TreeProducer, opts: FromTreeOptions): Promise<void> {
+/**
+ * Builds the tree with `produce` in a scratch directory and writes it (or its listing) to `out`;
+ * with mode 'to', puts the --path selection in `to` and returns the overlay entries of what it
+ * wrote (what the tree on disk could not hold), else an empty map.
+ */
+export async function unpackFromTree(produce: TreeProducer, opts: FromTreeOptions): Promise<MetaOverlay> {
   const { log, signal } = opts;
   const selection = normalizeSelection(opts.paths);
+  if (opts.mode === 'to' && (!selection || !opts.to)) throw new Error('mode to needs a selection and a target');
   const scratch = await makeScratch(opts.tmp);
   try {
     await sayScratch(scratch, opts);
@@ -41,17 +51,19 @@ export async function unpackFromTree(produce: TreeProducer, opts: FromTreeOption
     const result = await produce(dir);
     signal.throwIfAborted();
     const view = new ContainerView(dir, await containerMounts(dir, result.volumes, log), result.overlay);
+    if (opts.mode === 'to') return await writeSelectionTo(view, selection!, opts.to!, log);
     const entries = walkSelection(view, selection, log);
     if (opts.mode === 'list') {
-      const n = await writeList(entries, opts.out, opts.json ?? false);
+      const n = await writeList(entries, opts.out!, opts.json ?? false);
       log.verbose(`listed ${n} files`);
-      return;
+      return new Map();
     }
-    const tar = new TarOut(opts.out, view, { log, signal });
+    const tar = new TarOut(opts.out!, view, { log, signal });
     await tar.begin();
     for await (const e of entries) await tar.add(e);
     await tar.end();
     log.verbose(`wrote ${tar.members} members`);
+    return new Map();
   } finally {
     await removeScratch(scratch, log);
   }

@@ -32,7 +32,7 @@ export function covers(q: string, p: string): boolean {
  * The entry at a selected container path. Every directory on the way must be one in the tree
  * (a symlink is not followed: it may point anywhere in the container, or out of it).
  */
-async function selectedEntry(view: ContainerView, at: string): Promise<TreeEntry> {
+export async function selectedEntry(view: ContainerView, at: string): Promise<TreeEntry> {
   const { mount, rel } = view.locate(at);
   const volumeRoot = path.join(view.dir, mount.volume);
   const parts = rel === '' ? [] : rel.split('/');
