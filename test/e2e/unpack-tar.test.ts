@@ -141,6 +141,12 @@ describe.skipIf(mode === 'skip')('sbk-unpack --tar, --list, --path', () => {
     await noScratchLeft();
   });
 
+  it('--verify finds every incremental of the chain applies to the tree its parent leaves', async () => {
+    const r = await sh(`sbk-plan c1 | sbk-unpack --verify`, sb);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stderr.match(/: ok /g)).toHaveLength(points.length);
+  });
+
   it('a --path that is not there at that point fails naming it (exit 5), writes nothing, leaves no scratch', async () => {
     const r = await unpack(points[0]!, '--tar --path /opt/moved > /dev/null');
     expect(r.exitCode).toBe(5);
