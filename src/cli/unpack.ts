@@ -17,6 +17,11 @@ interface UnpackArgs {
   verify?: boolean;
   wait?: string;
   progress?: boolean;
+  tar?: boolean;
+  list?: boolean;
+  json?: boolean;
+  path?: string[];
+  tmp?: string;
 }
 
 const MAX_LIST = 1024 * 1024;
@@ -98,12 +103,23 @@ function restoreProgress(progress: Progress, formatBytes: (n: number) => string)
   };
 }
 
+/** The options that only --tar or --list take; a tar is never written to a terminal. */
+function checkTreeOptions(args: UnpackArgs, mode: 'tar' | 'list' | undefined): void {
+  if (!mode) {
+    for (const o of ['path', 'tmp', 'json'] as const)
+      if (args[o] !== undefined) throw new SbkError(`--${o} goes with --tar or --list`, ExitCode.usage);
+    return;
+  }
+  if (args.json && mode !== 'list') throw new SbkError('--json goes with --list', ExitCode.usage);
+  if (mode === 'tar' && process.stdout.isTTY) throw new SbkError('--tar writes a tar on stdout: redirect it to a file or a pipe', ExitCode.usage);
+}
+
 export function main(argv: string[]): Promise<void> {
   return runCli<UnpackArgs>(
     {
       name: 'sbk-unpack',
       usage:
-        '$0 [--as NAME] [--force [--stop]] [--start] [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.gz | sbk-unpack).',
+        '$0 [--as NAME] [--force [--stop]] [--start] [ARCHIVE...]\n$0 --tar [--path PATH]... [ARCHIVE...] > point.tar\n$0 --list [--json] [--path PATH]... [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.gz | sbk-unpack).',
       options: (y) =>
         y
           .option('as', { type: 'string', describe: 'restore under this container name (default: the archived name)' })
@@ -113,8 +129,15 @@ export function main(argv: string[]): Promise<void> {
           .option('start', { type: 'boolean', describe: 'start the restored container (lxc-start) and wait until it runs' })
           .option('wait', WAIT_OPTION)
           .option('verify', { type: 'boolean', describe: 'check archives fully (gzip, tar, sha256, send streams); restore nothing, needs no root' })
+          .option('tar', { type: 'boolean', describe: "write the container's tree at that point as a pax tar on stdout; restore nothing" })
+          .option('list', { type: 'boolean', describe: 'list the files at that point (like tar tv); restore nothing' })
+          .option('json', { type: 'boolean', describe: 'with --list: one JSON object per file (NDJSON)' })
+          .option('path', { type: 'string', array: true, describe: 'with --tar or --list: only this file or subtree (a container path, /etc/nginx); repeatable' })
+          .option('tmp', { type: 'string', describe: 'with --tar or --list: where the tree is built meanwhile [env TMPDIR] (default /tmp)' })
           .option('progress', PROGRESS_OPTION)
-          .conflicts('verify', ['as', 'force', 'start', 'stop'])
+          .conflicts('verify', ['as', 'force', 'start', 'stop', 'tar', 'list'])
+          .conflicts('tar', ['list', 'as', 'force', 'json', 'start', 'stop'])
+          .conflicts('list', ['as', 'force', 'start', 'stop'])
           .check((a) => {
             if (a.stop && !a.force) throw new Error('--stop stops the container that --force replaces: give --force too');
             const t = a.stopTimeout as number | undefined;
@@ -127,6 +150,8 @@ export function main(argv: string[]): Promise<void> {
         const { precheckFiles } = await import('../stages/unpack/input.js');
         const { checkContainerName } = await import('../core/layout.js');
         if (args.as !== undefined) checkContainerName(args.as, '--as name');
+        const treeMode = args.tar ? 'tar' : args.list ? 'list' : undefined;
+        checkTreeOptions(args, treeMode);
         // sbk-unpack is the end of its pipe (it writes no data to stdout): it may draw.
         const shown = await makeProgress(ctx, args.progress, { last: true });
         const progress = shown.enabled ? restoreProgress(shown, (await import('../core/progress.js')).formatBytes) : undefined;
@@ -145,6 +170,15 @@ export function main(argv: string[]): Promise<void> {
             return;
           }
           if (files) await precheckFiles(inputs, args.as);
+          if (treeMode) {
+            const { unpackFromTree } = await import('../stages/unpack/from-tree.js');
+            // TEMPORARY until the replay is merged: becomes (dir) => replayChain(inputs, dir, {…}).
+            const produce = (await import('../stages/unpack/btrfs-tree.js')).btrfsTreeProducer(inputs, { log: ctx.log, signal: ctx.signal, progress });
+            const archiveBytes = files ? inputs.reduce((n, i) => n + (i.size ?? 0), 0) : undefined;
+            const tmp = args.tmp ?? process.env['TMPDIR'] ?? '/tmp';
+            await unpackFromTree(produce, { mode: treeMode, json: args.json, paths: args.path, tmp, archiveBytes, out: process.stdout, log: ctx.log, signal: ctx.signal });
+            return;
+          }
           await restoreChain(inputs, {
             lockWait: parseWait(args.wait),
             lxcDir: ctx.dirs.lxcDir,

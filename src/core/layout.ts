@@ -130,6 +130,9 @@ export const RESTORE_TEMP_RE = /^\.sbk-restore-(.+)-(\d+)$/;
 /** An empty directory sbk-changelog compares a Full against, in the system's temp dir (mkdtemp prefix). */
 export const CHANGELOG_EMPTY_TEMP_PREFIX = 'sbk-changelog-empty-';
 
+/** Where sbk-unpack --tar/--list build the tree of a point, in --tmp (mkdtemp prefix). */
+export const UNPACK_SCRATCH_PREFIX = 'sbk-unpack-';
+
 // ---- locks: a container's backups in a backup dir; a restore target and a chain in an LXC dir.
 
 /** Lock of a container's backups (snapshot sets, archives, pruning) in a backup dir. */

@@ -121,8 +121,9 @@ async function deleteSubvolumeDeep(p: string): Promise<void> {
  * snapshot set, a restore's temporary directory. The subvolumes side by side in a directory go
  * in one `btrfs subvolume delete`; only when that fails is each deleted on its own, emptied of
  * nested subvolumes first. Symlinks are removed, never followed. A missing `p` is no error.
+ * Names are handled as bytes: a tree may hold names that are not UTF-8.
  */
-export async function removeTree(p: string): Promise<void> {
+export async function removeTree(p: string | Buffer): Promise<void> {
   let st;
   try {
     st = await lstat(p);
@@ -134,15 +135,19 @@ export async function removeTree(p: string): Promise<void> {
     await rm(p, { force: true });
     return;
   }
-  if (await isSubvolume(p).catch(() => false)) {
-    await deleteSubvolumeDeep(p);
+  const asText = (b: string | Buffer) => (typeof b === 'string' ? b : Buffer.from(b.toString('utf8')).equals(b) ? b.toString('utf8') : undefined);
+  const text = asText(p);
+  if (text !== undefined && (await isSubvolume(text).catch(() => false))) {
+    await deleteSubvolumeDeep(text);
     return;
   }
   const subvolumes: string[] = [];
-  const others: string[] = [];
-  for (const e of await readdir(p, { withFileTypes: true })) {
-    const c = path.join(p, e.name);
-    if (e.isDirectory() && (await isSubvolume(c).catch(() => false))) subvolumes.push(c);
+  const others: Buffer[] = [];
+  const dir = typeof p === 'string' ? Buffer.from(p) : p;
+  for (const e of (await readdir(p, { withFileTypes: true, encoding: 'buffer' })) as unknown as { name: Buffer; isDirectory(): boolean }[]) {
+    const c = Buffer.concat([dir, Buffer.from('/'), e.name]);
+    const ct = asText(c);
+    if (e.isDirectory() && ct !== undefined && (await isSubvolume(ct).catch(() => false))) subvolumes.push(ct);
     else others.push(c);
   }
   try {

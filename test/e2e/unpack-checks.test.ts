@@ -11,6 +11,7 @@ import tar from 'tar-stream';
 import { execa } from 'execa';
 import { BIN, ROOT } from '../helpers/sandbox.js';
 import { synthManifest, synthArchive } from '../fixtures/archives/synthetic.js';
+import { cmd, stream } from '../helpers/sendstream-builder.js';
 
 const FIXTURES = path.join(ROOT, 'test/fixtures/archives');
 const fixture = async (re: RegExp) => {
@@ -78,6 +79,26 @@ describe('sbk-unpack --verify', () => {
     const list = await unpack(['--verify', '-q'], `${full}\n${incr}\n`);
     expect(list.exitCode, list.stderr).toBe(0);
     expect(list.stderr).toBe('');
+  });
+
+  it('checks that each incremental applies to the tree its parent leaves (exit 4, naming the command), when the parent is checked first', async () => {
+    const [FULL, INCR] = [Buffer.alloc(16, 1), Buffer.alloc(16, 2)];
+    const f = synthManifest({ container: 'c1', time: 1_700_000_000, full: true, volumes: ['rootfs'] });
+    const i = synthManifest({ container: 'c1', time: 1_700_000_100, full: false, parent: f, volumes: ['rootfs'] });
+    const store = async (m: typeof f, delta: Buffer) => {
+      const file = path.join(dir, `${m.name}.tar.gz`);
+      await writeFile(file, await synthArchive(m, { deltas: { rootfs: delta } }));
+      return file;
+    };
+    const full = await store(f, stream(cmd.subvol('rootfs', FULL), cmd.mkdir('etc'), cmd.mkfile('etc/hostname')));
+    const good = await store(i, stream(cmd.snapshot('rootfs', INCR, FULL), cmd.rename('etc/hostname', 'etc/hostname.old')));
+    expect((await unpack(['--verify', full, good])).exitCode).toBe(0);
+    const bad = await store(i, stream(cmd.snapshot('rootfs', INCR, FULL), cmd.rename('etc/motd', 'etc/motd.old')));
+    const r = await unpack(['--verify', full, bad]);
+    expect(r.exitCode).toBe(4);
+    expect(r.stderr).toMatch(/c1_1700000100: rootfs\.delta: corrupt send stream at byte offset \d+: rename does not apply to the tree its parent leaves: 'etc\/motd' does not exist/);
+    // Alone, its parent unknown, it is checked as before (checksums and paths).
+    expect((await unpack(['--verify', bad])).exitCode).toBe(0);
   });
 
   it('names the delta whose send stream has a flipped byte (exit 4), also in the old layout', async () => {

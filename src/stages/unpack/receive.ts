@@ -10,6 +10,7 @@ import type { ArchiveEntry } from '../../formats/archive/archive.js';
 import { isSubvolume, receive } from '../../system/btrfs.js';
 import { SendStreamReader } from '../../formats/sendstream/reader.js';
 import { ReceiveGuard } from '../../formats/sendstream/guard.js';
+import type { TreeModel } from '../../formats/sendstream/tree-model.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
 import { waitForDrain } from '../../core/streams.js';
@@ -25,9 +26,16 @@ export interface StreamCheck {
  * A StreamCheck on src/formats/sendstream/reader.ts's parser. Its errors start with `what()` (the archive
  * and the entry being read: a stream spans parts) and give the byte offset in the whole stream.
  */
-export function sendStreamCheck(what: () => string, guard: ReceiveGuard): StreamCheck {
-  // Every command decoded (its data skipped), for the guard: what receive would do with it.
-  const reader = new SendStreamReader((c) => guard.check(c), { decode: 'all' });
+export function sendStreamCheck(what: () => string, guard: ReceiveGuard, model?: TreeModel): StreamCheck {
+  // Every command decoded (its data skipped), for the guard: what receive would do with it; and
+  // for --verify, whether it applies to the tree the parent leaves.
+  const reader = new SendStreamReader(
+    (c) => {
+      guard.check(c);
+      model?.check(c);
+    },
+    { decode: 'all' },
+  );
   const named = (f: () => unknown) => {
     try {
       f();

@@ -1,5 +1,7 @@
 // sbk-unpack --verify: every archive read whole, as a restore reads it, and nothing written:
-// gzip, tar, every sha256 against the trailer, and each volume's send stream command by command.
+// gzip, tar, every sha256 against the trailer, and each volume's send stream command by command,
+// each incremental also against the tree its parent leaves (a names-only model of each volume,
+// formats/sendstream/tree-model.ts), when its parent was checked before it.
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { readArchives } from '../../formats/archive/archive.js';
@@ -7,6 +9,7 @@ import { readError } from '../../formats/archive/open.js';
 import { SbkError } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
 import { formatBytes } from '../../core/progress.js';
+import { TreeModel } from '../../formats/sendstream/tree-model.js';
 import { Guards, sendStreamCheck, type StreamCheck } from './receive.js';
 import type { RestoreInput, RestoreProgress } from './input.js';
 
@@ -27,6 +30,8 @@ export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions):
   let good = 0;
   // One per volume, through the chain (see ReceiveGuard).
   const guards = new Guards();
+  // One per volume, through the chain: the tree each stream leaves, for the next to apply to.
+  const models = new Map<string, TreeModel>();
   let firstError: SbkError | undefined;
   let failed = 0;
   for (const input of inputs) {
@@ -34,11 +39,12 @@ export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions):
     let tarStream: Readable | undefined;
     try {
       tarStream = await input.open();
-      await verifyStream(input, tarStream, guards, opts, () => good++);
+      await verifyStream(input, tarStream, { guards, models }, opts, () => good++);
     } catch (err0) {
       if (signal.aborted) throw signal.reason;
       const err = readError(err0, input.source);
       if (!(err instanceof SbkError)) throw err;
+      models.clear(); // a tree left half-applied is no parent to check the next archive against
       if (inputs.length === 1) throw err;
       log.error(err.message);
       failed++;
@@ -52,7 +58,13 @@ export async function verifyInputs(inputs: RestoreInput[], opts: VerifyOptions):
 }
 
 /** Reads one input's archives (one or more, or an original Subutai one), calling `good` for each found good. */
-async function verifyStream(input: RestoreInput, tarStream: Readable, guards: Guards, opts: VerifyOptions, good: () => void): Promise<void> {
+async function verifyStream(
+  input: RestoreInput,
+  tarStream: Readable,
+  per: { guards: Guards; models: Map<string, TreeModel> },
+  opts: VerifyOptions,
+  good: () => void,
+): Promise<void> {
   const { log, signal, progress } = opts;
   const onAbort = () => tarStream.destroy(signal.reason as Error);
   signal.addEventListener('abort', onAbort, { once: true });
@@ -89,7 +101,9 @@ async function verifyStream(input: RestoreInput, tarStream: Readable, guards: Gu
           endVolume();
           volume = e.volume;
           volumes++;
-          check = sendStreamCheck(() => `${name}: ${entryName}`, guards.of(e.volume!));
+          let model = per.models.get(e.volume!);
+          if (!model) per.models.set(e.volume!, (model = new TreeModel()));
+          check = sendStreamCheck(() => `${name}: ${entryName}`, per.guards.of(e.volume!), model);
           progress?.start({ archive: name, volume: e.volume!, input, tarStream });
         }
         entryName = e.name;
