@@ -2,9 +2,10 @@
 // default it is frozen for the instant of its snapshots, so that a writer inside it that puts the
 // same counter into /var and then /opt is caught at one moment in every snapshot set; it is
 // never left frozen, not even when sbk-snap is SIGKILLed during the freeze; a freeze past
-// --freeze-timeout thaws it and fails that backup; --no-freeze takes the set live; --stop stops
-// and starts it again (also when the snapshots fail); without LXC a container is snapshotted as
-// before, and --freeze/--stop say they cannot be done; --all skips Subutai templates.
+// --freeze-timeout, a signal or a failing snapshot thaws it and fails that backup; --no-freeze
+// takes the set live; --stop stops and starts it again (also when the snapshots fail); without
+// LXC a container is snapshotted as before, and --freeze/--stop say they cannot be done; --all
+// skips Subutai templates.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
@@ -135,6 +136,20 @@ describe.skipIf(mode === 'skip')('sbk-snap and a running LXC container', () => {
     expect(await sb.lxc.state('c1')).toBe('RUNNING');
   });
 
+  it('SIGTERM during the freeze: thawed before sbk-snap exits (143), no set left', async () => {
+    const before = await setsOf();
+    const child = execa(BIN('sbk-snap'), ['c1'], { reject: false, stdin: 'ignore', env: { ...sb.env, SBK_TEST_FREEZE_HOLD_MS: '30000' } });
+    try {
+      await until(async () => (await sb.lxc.state('c1')) === 'FROZEN', 'c1 frozen', 60_000, 20);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    const r = await child;
+    expect(r.exitCode, r.stderr).toBe(143);
+    expect(await sb.lxc.state('c1')).toBe('RUNNING');
+    expect(await setsOf()).toEqual(before);
+  });
+
   it('a freeze past --freeze-timeout thaws the container and fails that backup (exit 1, one line); no set is left', async () => {
     const before = await setsOf();
     const r = await snap('-q --freeze-timeout 1 c1', { SBK_TEST_FREEZE_HOLD_MS: '30000' });
@@ -169,7 +184,7 @@ describe.skipIf(mode === 'skip')('sbk-snap and a running LXC container', () => {
     await sb.lxc.start('c1');
   });
 
-  it('--stop starts the container again when its snapshots fail', async () => {
+  it('a failing snapshot thaws the container (frozen) or starts it again (--stop)', async () => {
     // A volume on another file system: it is a subvolume (the root of that one), but a snapshot
     // of it cannot be made in the backup dir (a cross-device snapshot), after c2 is stopped.
     const other: Sandbox = await makeSandbox({ sizeMiB: 128 });
@@ -181,6 +196,11 @@ describe.skipIf(mode === 'skip')('sbk-snap and a running LXC container', () => {
       await execa('mount', ['--bind', other.mnt, extra]);
       await appendFile(path.join(c2, 'config'), `lxc.mount.entry = ${extra} extra none bind,rw 0 0\n`);
       await sb.lxc.start('c2');
+      // Frozen, the snapshots fail: thawed all the same.
+      const frozen = await snap('c2');
+      expect(frozen.exitCode).toBe(1);
+      expect(frozen.stderr).toMatch(/^sbk-snap: c2: .*extra/m);
+      expect(await sb.lxc.state('c2')).toBe('RUNNING');
       const initBefore = await sb.lxc.initPid('c2');
       const r = await snap('-v --stop c2');
       expect(r.exitCode).toBe(1);
