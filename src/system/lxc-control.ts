@@ -106,6 +106,61 @@ case "$said" in thaw) exit 0 ;; failed) exit 3 ;; *) echo "container $2 thawed b
 /** Seconds the watchdog waits past the freeze limit before it thaws on its own (this process hangs). */
 const BACKSTOP_GRACE_S = 2;
 
+/** The watchdog of one freeze: what it said, its pipe, its end. */
+interface Watchdog {
+  /** Resolves true once it said `line`, false when it ended without saying it. */
+  said(line: 'frozen' | 'thawed'): Promise<boolean>;
+  /** Closes its stdin, with `word` as the line it waits for (none: it thaws as when we die). */
+  release(word?: 'thaw'): void;
+  /** Its exit status (-1: it could not run, or was killed). */
+  exited: Promise<number>;
+  /** The last line of its stderr (lxc-freeze's or lxc-unfreeze's complaint). */
+  complaint(): string;
+}
+
+function startWatchdog(lxcDir: string, name: string, backstopS: number): Watchdog {
+  const dog = spawn('sh', ['-c', WATCHDOG, 'sbk-snap-watchdog', lxcDir, name, String(backstopS), String(backstopS)], {
+    detached: true,
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, LC_ALL: 'C' },
+  });
+  let out = '';
+  let stderr = '';
+  const wake = new Set<() => void>();
+  dog.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+    wake.forEach((w) => w());
+  });
+  dog.stderr.setEncoding('utf8').on('data', (d: string) => {
+    if (stderr.length < 4000) stderr += d;
+  });
+  dog.stdin.on('error', () => {}); // it has ended: its exit status says why
+  const exited = new Promise<number>((resolve) => {
+    dog.on('error', () => resolve(-1));
+    dog.on('close', (code) => resolve(code ?? -1));
+  });
+  const has = (line: string) => out.split('\n').slice(0, -1).includes(line);
+  return {
+    said: (line) =>
+      new Promise<boolean>((resolve) => {
+        const check = () => {
+          if (!has(line)) return;
+          wake.delete(check);
+          resolve(true);
+        };
+        wake.add(check);
+        check();
+        // On 'close' every byte of stdout has been read.
+        void exited.then(() => (wake.delete(check), resolve(has(line))));
+      }),
+    release(word) {
+      if (dog.stdin.writable) dog.stdin.end(word ? `${word}\n` : undefined);
+    },
+    exited,
+    complaint: () => lastLine(stderr),
+  };
+}
+
 export interface FreezeOptions {
   /** The longest the container may stay frozen, freezing included; then it is thawed and `timeoutError()` thrown. */
   timeoutS: number;
@@ -119,7 +174,7 @@ export interface FreezeOptions {
  * and thaws it however `fn` ends. `fn`'s signal aborts when `opts.signal` does or when the freeze
  * lasts past `opts.timeoutS`; then the container is thawed at once and `opts.timeoutError()` is
  * thrown. Returns `fn`'s value and how long the container was frozen (ms, from the freeze done
- * to the thaw done).
+ * to the thaw done). A thaw that fails is an error naming the command that thaws it by hand.
  */
 export async function withContainerFrozen<T>(
   lxcDir: string,
@@ -130,55 +185,20 @@ export async function withContainerFrozen<T>(
   opts.signal?.throwIfAborted();
   const limit = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, limit.signal]) : limit.signal;
-  const backstopS = Math.ceil(opts.timeoutS) + BACKSTOP_GRACE_S;
-  const dog = spawn('sh', ['-c', WATCHDOG, 'sbk-snap-watchdog', lxcDir, name, String(backstopS), String(backstopS)], {
-    detached: true,
-    stdio: ['pipe', 'pipe', 'pipe'],
-    env: { ...process.env, LC_ALL: 'C' },
-  });
-  let said = '';
-  let stderr = '';
-  const lines = new Set<string>();
-  const waiters: (() => void)[] = [];
-  dog.stdout.setEncoding('utf8').on('data', (d: string) => {
-    said += d;
-    for (const l of said.split('\n').slice(0, -1)) lines.add(l.trim());
-    waiters.splice(0).forEach((w) => w());
-  });
-  dog.stderr.setEncoding('utf8').on('data', (d: string) => {
-    if (stderr.length < 4000) stderr += d;
-  });
-  dog.stdin.on('error', () => {}); // it has exited: its exit status says why
-  const exited = new Promise<number>((resolve) => {
-    dog.on('error', () => resolve(-1));
-    dog.on('close', (code) => {
-      waiters.splice(0).forEach((w) => w());
-      resolve(code ?? -1);
-    });
-  });
-  const saidOrExit = (line: string) =>
-    new Promise<void>((resolve) => {
-      const check = () => (lines.has(line) || dog.exitCode !== null || dog.signalCode !== null ? resolve() : waiters.push(check));
-      check();
-      void exited.then(() => resolve());
-    });
-  const release = (word?: string) => {
-    if (dog.stdin.writable) dog.stdin.end(word ? `${word}\n` : undefined);
-  };
+  const dog = startWatchdog(lxcDir, name, Math.ceil(opts.timeoutS) + BACKSTOP_GRACE_S);
   const started = Date.now();
   const timer = setTimeout(() => {
     limit.abort(opts.timeoutError());
-    release(); // the watchdog thaws at once (or right after the freeze it is in)
+    dog.release(); // it thaws at once (or right after the freeze it is in)
   }, opts.timeoutS * 1000);
-  const onAbort = () => release();
+  const onAbort = () => dog.release();
   signal.addEventListener('abort', onAbort, { once: true });
+  let frozen = false;
   try {
-    await saidOrExit('frozen');
-    if (!lines.has('frozen')) {
-      const code = await exited;
-      if (limit.signal.aborted) throw limit.signal.reason;
-      opts.signal?.throwIfAborted();
-      const why = lastLine(stderr) || `watchdog exit ${code}`;
+    frozen = await dog.said('frozen');
+    if (!frozen) {
+      signal.throwIfAborted();
+      const why = dog.complaint() || `watchdog exit ${await dog.exited}`;
       throw new SbkError(`could not freeze container ${name} (lxc-freeze -P ${lxcDir} -n ${name}): ${why}`, ExitCode.failure);
     }
     const frozenAt = Date.now();
@@ -188,24 +208,25 @@ export async function withContainerFrozen<T>(
     try {
       value = await fn(signal);
     } finally {
-      release('thaw');
-      await saidOrExit('thawed');
+      dog.release('thaw');
+      await dog.said('thawed');
     }
     const frozenMs = Date.now() - frozenAt;
-    if (limit.signal.aborted) throw limit.signal.reason;
+    signal.throwIfAborted(); // past the limit, even if the snapshots were done by then
     return { value, frozenMs };
   } catch (err) {
+    // The limit's message rather than what it cut short (a killed btrfs).
     throw limit.signal.aborted && !opts.signal?.aborted ? limit.signal.reason : err;
   } finally {
     clearTimeout(timer);
     signal.removeEventListener('abort', onAbort);
-    release();
-    const code = await exited;
-    if (code === 4 || (lines.has('frozen') && !lines.has('thawed')))
-      // eslint-disable-next-line no-unsafe-finally
-      throw new SbkError(
-        `could not thaw container ${name}: ${lastLine(stderr) || `watchdog exit ${code}`}; thaw it by hand: lxc-unfreeze -P ${lxcDir} -n ${name}`,
-        ExitCode.failure,
-      );
+    dog.release();
+    const code = await dog.exited;
+    const thawed = await dog.said('thawed');
+    if (code === 4 || (frozen && !thawed)) {
+      const why = dog.complaint() || `watchdog exit ${code}`;
+      // A container left frozen outweighs any other failure.
+      throw new SbkError(`could not thaw container ${name}: ${why}; thaw it by hand: lxc-unfreeze -P ${lxcDir} -n ${name}`, ExitCode.failure);
+    }
   }
 }
