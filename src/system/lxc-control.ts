@@ -1,6 +1,7 @@
-// Acting on a running LXC container: stopping and starting it (lxc-stop, lxc-start), flushing
-// its volumes, and freezing it for an instant (lxc-freeze, which uses the freezer cgroup, v1 or
-// v2). A freeze is done by a watchdog: a small shell, in a session of its own, that freezes the
+// Acting on a running LXC container: stopping and starting it (lxc-stop, lxc-start; a start
+// guard starts it again if this process dies while it is stopped), flushing its volumes, and
+// freezing it for an instant (lxc-freeze, which uses the freezer cgroup, v1 or v2). A freeze is
+// done by a watchdog: a small shell, in a session of its own, that freezes the
 // container, waits for one line on a pipe from this process, and thaws it when the line comes,
 // when the pipe closes (this process exited or was killed, even by SIGKILL) or when a backstop
 // time has passed. So a container is never left frozen by sbk, whatever happens to sbk: the
@@ -62,12 +63,12 @@ export async function startContainer(lxcDir: string, name: string, opts: { timeo
   const timeoutS = opts.timeoutS ?? DEFAULT_TIMEOUT_S;
   opts.log?.verbose(`${name}: starting it (lxc-start)`);
   const started = await lxcTool('lxc-start', ['-P', lxcDir, '-n', name], timeoutS + 30);
-  const waited =
-    started.exitCode === 0 ? await lxcTool('lxc-wait', ['-P', lxcDir, '-n', name, '-s', 'RUNNING', '-t', String(timeoutS)], timeoutS + 30) : started;
-  if (waited.exitCode !== 0 || (await stateOf(lxcDir, name)) !== 'RUNNING') {
-    const why = lastLine(started.stderr) || `it is ${(await stateOf(lxcDir, name)) ?? 'in an unknown state'}`;
-    throw new SbkError(`could not start container ${name} (lxc-start -P ${lxcDir} -n ${name}): ${why}`, ExitCode.failure);
-  }
+  if (started.exitCode === 0) await lxcTool('lxc-wait', ['-P', lxcDir, '-n', name, '-s', 'RUNNING', '-t', String(timeoutS)], timeoutS + 30);
+  // RUNNING is what is asked, also when it ran already (lxc-start then refuses).
+  const state = await stateOf(lxcDir, name);
+  if (state === 'RUNNING') return;
+  const why = lastLine(started.stderr) || `it is ${state ?? 'in an unknown state'}`;
+  throw new SbkError(`could not start container ${name} (lxc-start -P ${lxcDir} -n ${name}): ${why}`, ExitCode.failure);
 }
 
 /**
@@ -78,6 +79,46 @@ export async function flushFilesystems(paths: string[], signal?: AbortSignal): P
   const r = await execa('sync', ['-f', ...paths], { reject: false, stdin: 'ignore', encoding: 'utf8', cancelSignal: signal });
   signal?.throwIfAborted();
   if (r.exitCode !== 0) throw new SbkError(`could not flush ${paths.join(', ')}: ${lastLine(r.stderr) || `sync exit ${r.exitCode}`}`, ExitCode.failure);
+}
+
+/**
+ * The start guard of a stop (`$1` lxc path, `$2` name): waits for one line on stdin; unless it is
+ * `done`, this process went away with the container stopped or stopping, and the guard starts it
+ * again once it is STOPPED (waiting at most `$3` s, for an lxc-stop left running).
+ */
+const START_GUARD = `trap '' INT TERM HUP PIPE QUIT
+IFS= read -r said
+[ "$said" = done ] && exit 0
+lxc-wait -P "$1" -n "$2" -s STOPPED -t "$3" >/dev/null 2>&1 && lxc-start -P "$1" -n "$2"
+`;
+
+/**
+ * Guards a stop of container `name` against this process's death: until `disarm()`, a
+ * process in a session of its own holds a pipe from this one, and if the pipe closes without
+ * `done` (this process was killed, even by SIGKILL), it starts the container again once it is
+ * STOPPED. Resolves once the guard runs.
+ */
+export async function guardRestart(lxcDir: string, name: string, waitS: number): Promise<{ disarm(): Promise<void> }> {
+  const guard = spawn('sh', ['-c', START_GUARD, 'sbk-snap-start-guard', lxcDir, name, String(Math.ceil(waitS))], {
+    detached: true,
+    stdio: ['pipe', 'ignore', 'ignore'],
+    env: { ...process.env, LC_ALL: 'C' },
+  });
+  guard.stdin.on('error', () => {});
+  const exited = new Promise<void>((resolve) => {
+    guard.on('error', () => resolve());
+    guard.on('close', () => resolve());
+  });
+  await new Promise<void>((resolve, reject) => {
+    guard.once('spawn', resolve);
+    guard.once('error', (err) => reject(new SbkError(`cannot guard the stop of ${name}: ${err.message}`, ExitCode.failure)));
+  });
+  return {
+    async disarm() {
+      if (guard.stdin.writable) guard.stdin.end('done\n');
+      await exited;
+    },
+  };
 }
 
 /**

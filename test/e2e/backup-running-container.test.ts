@@ -112,7 +112,7 @@ describe.skipIf(mode === 'skip')('sbk-snap and a running LXC container', () => {
       const child = execa(BIN('sbk-snap'), ['c1'], {
         reject: false,
         stdin: 'ignore',
-        env: { ...sb.env, SBK_TEST_FREEZE_HOLD_MS: '1500' },
+        env: { ...sb.env, SBK_TEST_HOLD_MS: '1500' },
       });
       try {
         await until(async () => (await sb.lxc.state('c1')) === 'FROZEN', `c1 frozen (round ${round})`, 60_000, 20);
@@ -138,7 +138,7 @@ describe.skipIf(mode === 'skip')('sbk-snap and a running LXC container', () => {
 
   it('SIGTERM during the freeze: thawed before sbk-snap exits (143), no set left', async () => {
     const before = await setsOf();
-    const child = execa(BIN('sbk-snap'), ['c1'], { reject: false, stdin: 'ignore', env: { ...sb.env, SBK_TEST_FREEZE_HOLD_MS: '30000' } });
+    const child = execa(BIN('sbk-snap'), ['c1'], { reject: false, stdin: 'ignore', env: { ...sb.env, SBK_TEST_HOLD_MS: '30000' } });
     try {
       await until(async () => (await sb.lxc.state('c1')) === 'FROZEN', 'c1 frozen', 60_000, 20);
     } finally {
@@ -152,7 +152,7 @@ describe.skipIf(mode === 'skip')('sbk-snap and a running LXC container', () => {
 
   it('a freeze past --freeze-timeout thaws the container and fails that backup (exit 1, one line); no set is left', async () => {
     const before = await setsOf();
-    const r = await snap('-q --freeze-timeout 1 c1', { SBK_TEST_FREEZE_HOLD_MS: '30000' });
+    const r = await snap('-q --freeze-timeout 1 c1', { SBK_TEST_HOLD_MS: '30000' });
     expect(r.exitCode).toBe(1);
     expect(r.stderr.trim().split('\n')).toEqual([
       'sbk-snap: c1: frozen for longer than --freeze-timeout 1 s: thawed, no backup made (raise --freeze-timeout, or use --stop or --no-freeze)',
@@ -182,6 +182,21 @@ describe.skipIf(mode === 'skip')('sbk-snap and a running LXC container', () => {
     const d = await snap('c1');
     expect(d.record!.consistency).toBe('stopped');
     await sb.lxc.start('c1');
+  });
+
+  it('SIGKILL of sbk-snap --stop while the container is down: it is started again; the next backup works', async () => {
+    const child = execa(BIN('sbk-snap'), ['--stop', 'c1'], { reject: false, stdin: 'ignore', env: { ...sb.env, SBK_TEST_HOLD_MS: '30000' } });
+    try {
+      await until(async () => (await sb.lxc.state('c1')) === 'STOPPED', 'c1 stopped by sbk-snap --stop', 90_000, 50);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    expect((await child).signal).toBe('SIGKILL');
+    await until(async () => (await sb.lxc.state('c1')) === 'RUNNING', 'c1 started again by the guard', 60_000, 50);
+    await until(async () => (await execa('pgrep', ['-f', 'sbk-snap-start-guard'], { reject: false })).stdout === '', 'the guard gone', 60_000);
+    const r = await snap('c1');
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.record!.consistency).toBe('frozen');
   });
 
   it('a failing snapshot thaws the container (frozen) or starts it again (--stop)', async () => {

@@ -7,7 +7,7 @@ import { SbkError, ExitCode } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
 import type { Consistency } from '../../formats/record.js';
 import { queryContainerState, type ContainerVolumes } from '../../system/lxc.js';
-import { flushFilesystems, startContainer, stopContainer, withContainerFrozen } from '../../system/lxc-control.js';
+import { flushFilesystems, guardRestart, startContainer, stopContainer, withContainerFrozen } from '../../system/lxc-control.js';
 
 /** auto: freeze a running container; freeze: the same, and fail when it cannot be done; stop: --stop; live: --no-freeze. */
 export type HoldMode = 'auto' | 'freeze' | 'stop' | 'live';
@@ -31,15 +31,16 @@ export interface HowTaken {
 }
 
 /**
- * Test seam: keeps the container frozen this long before the snapshots (SBK_TEST_FREEZE_HOLD_MS),
- * so that the tests can kill sbk-snap or pass the freeze limit at a moment they choose.
+ * Test seam: keeps the container frozen (or stopped) this long before the snapshots
+ * (SBK_TEST_HOLD_MS), so that the tests can kill sbk-snap or pass the freeze limit at a moment
+ * they choose.
  */
-function holdForTests(signal: AbortSignal): Promise<void> {
-  const ms = Number(process.env.SBK_TEST_FREEZE_HOLD_MS ?? 0);
+function holdForTests(signal?: AbortSignal): Promise<void> {
+  const ms = Number(process.env.SBK_TEST_HOLD_MS ?? 0);
   if (!(ms > 0)) return Promise.resolve();
   return new Promise((resolve, reject) => {
     const t = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
+    signal?.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
   });
 }
 
@@ -118,9 +119,12 @@ async function stopAround(
   take: (signal?: AbortSignal) => Promise<void>,
   signal?: AbortSignal,
 ): Promise<HowTaken> {
-  await stopContainer(lxcPath, container, { timeoutS: STOP_TIMEOUT_S, log });
+  // If this process dies while the container is down, the guard starts it again.
+  const guard = await guardRestart(lxcPath, container, STOP_TIMEOUT_S + 60);
   let taken = false;
   try {
+    await stopContainer(lxcPath, container, { timeoutS: STOP_TIMEOUT_S, log });
+    await holdForTests(signal);
     await take(signal);
     taken = true;
   } finally {
@@ -132,6 +136,8 @@ async function stopAround(
       // The snapshots' own failure, if any, is the one thrown; this one is said here.
       if (!taken) log.error(`${container}: ${(err as Error).message}`);
       else throw err;
+    } finally {
+      await guard.disarm();
     }
   }
   return { consistency: 'stopped' };
