@@ -16,7 +16,13 @@ interface SnapArgs {
   sha256?: string;
   keepSnapshots?: number;
   maxChain?: number;
+  freeze?: boolean;
+  stop?: boolean;
+  freezeTimeout?: number;
 }
+
+/** Default of --freeze-timeout (seconds): the longest a running container stays frozen. */
+const DEFAULT_FREEZE_TIMEOUT_S = 5;
 
 /** Default of --keep-snapshots: the confirming stage (sbk-pack, or sbk-snap --confirm) keeps this many. */
 const DEFAULT_KEEP_SNAPSHOTS = 2;
@@ -26,7 +32,7 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-snap',
       usage:
-        '$0 [--full|--incremental] [--max-chain N] [--keep-snapshots N] CONTAINER...\n$0 --all\n$0 --confirm [--keep-snapshots N] < receipts\n\nMakes read-only snapshots of every volume of each container and prints one NDJSON backup record per container (pipe it into sbk-changelog or sbk-send).\nWith --confirm: reads the receipts of sbk-pack --store and marks those snapshot sets as valid parents.\nWith --record-name or --receipt (for stores that run no sbk, as the encrypted remote backup has them): reads backup records and prints each one\'s backup name, or its receipt for a file stored at --host/--path with --size and --sha256.',
+        '$0 [--full|--incremental] [--max-chain N] [--keep-snapshots N] [--no-freeze|--stop] CONTAINER...\n$0 --all\n$0 --confirm [--keep-snapshots N] < receipts\n\nMakes read-only snapshots of every volume of each container and prints one NDJSON backup record per container (pipe it into sbk-changelog or sbk-send). A running container is frozen for the instant of its snapshots (--no-freeze: not; --stop: stopped and started again).\nWith --confirm: reads the receipts of sbk-pack --store and marks those snapshot sets as valid parents.\nWith --record-name or --receipt (for stores that run no sbk, as the encrypted remote backup has them): reads backup records and prints each one\'s backup name, or its receipt for a file stored at --host/--path with --size and --sha256.',
       options: (y) =>
         y
           .option('full', { alias: 'f', type: 'boolean', describe: 'make a Full backup' })
@@ -54,9 +60,22 @@ export function main(argv: string[]): Promise<void> {
             type: 'number',
             describe: 'make a Full backup once this many incrementals follow the last Full',
           })
+          .option('freeze', {
+            type: 'boolean',
+            describe: 'freeze a running container for the instant of its snapshots (the default; --freeze fails when it cannot be done); --no-freeze: snapshot it live',
+          })
+          .option('stop', {
+            type: 'boolean',
+            describe: 'stop a running container for its snapshots (lxc-stop), then start it again',
+          })
+          .option('freeze-timeout', {
+            type: 'number',
+            describe: `the longest a container may stay frozen, in seconds (default ${DEFAULT_FREEZE_TIMEOUT_S}); past it, it is thawed and that backup fails`,
+          })
           .conflicts('full', 'incremental')
+          .conflicts('stop', 'freeze')
           .conflicts('max-chain', ['incremental', 'full', 'confirm'])
-          .conflicts('confirm', ['full', 'incremental', 'all', 'record-name', 'receipt'])
+          .conflicts('confirm', ['full', 'incremental', 'all', 'record-name', 'receipt', 'stop'])
           .conflicts('record-name', ['full', 'incremental', 'all', 'receipt', 'max-chain'])
           .conflicts('receipt', ['full', 'incremental', 'all', 'max-chain'])
           .check((a) => {
@@ -66,6 +85,8 @@ export function main(argv: string[]): Promise<void> {
               throw new Error('--keep-snapshots takes a whole number from 1 (the newest confirmed set is always kept)');
             if (max !== undefined && (!Number.isInteger(max) || max < 0))
               throw new Error('--max-chain takes a whole number from 0');
+            const ft = a.freezeTimeout as number | undefined;
+            if (ft !== undefined && (!Number.isFinite(ft) || ft <= 0 || ft > 3600)) throw new Error('--freeze-timeout takes a number of seconds above 0 (at most 3600)');
             if (a.receipt) {
               if (!a.host || !a.path || !String(a.path).startsWith('/')) throw new Error('--receipt needs --host and an absolute --path');
               if (!Number.isSafeInteger(a.size) || (a.size as number) < 0) throw new Error('--receipt needs --size, a whole number of bytes');
@@ -116,6 +137,8 @@ export function main(argv: string[]): Promise<void> {
           lockWait,
           maxChain: args.maxChain,
           keepSnapshots: args.keepSnapshots ?? DEFAULT_KEEP_SNAPSHOTS,
+          hold: args.stop ? 'stop' : args.freeze === true ? 'freeze' : args.freeze === false ? 'live' : 'auto',
+          freezeTimeoutS: args.freezeTimeout ?? DEFAULT_FREEZE_TIMEOUT_S,
           emit: (r) => writeOut(formatRecord(r)),
         });
       },

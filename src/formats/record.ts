@@ -31,6 +31,14 @@ export interface VolumeRecord {
   parentUuid: string | null;
 }
 
+/**
+ * How the snapshot set was taken: `frozen` (the container was running and held frozen for the
+ * snapshots), `stopped` (it was not running, or sbk-snap --stop stopped it), `live` (it ran
+ * while the volumes were snapshotted one by one: --no-freeze).
+ */
+export type Consistency = 'frozen' | 'stopped' | 'live';
+export const CONSISTENCIES: readonly Consistency[] = ['frozen', 'stopped', 'live'];
+
 export interface BackupRecord {
   sbk: 'backup';
   format: number;
@@ -45,6 +53,10 @@ export interface BackupRecord {
   /** The newest confirmed set before this one (a Full may have one): the changelog's base. */
   previous: SetRef | null;
   volumes: VolumeRecord[];
+  /** How the set was taken (absent in records of earlier versions). */
+  consistency?: Consistency;
+  /** With `frozen`: how long sbk-snap kept the container frozen, in ms (absent when it was frozen by someone else). */
+  frozenMs?: number;
   /** Path of the changelog file, added by sbk-changelog. */
   changelog?: string;
 }
@@ -93,6 +105,12 @@ export function checkRecord(v: unknown, line: number): BackupRecord {
     if (!isAbs(vol.source)) fail(line, `volumes[${i}].source is not an absolute path`);
     if (typeof vol.uuid !== 'string') fail(line, `volumes[${i}].uuid is missing`);
     if (vol.parentUuid !== null && typeof vol.parentUuid !== 'string') fail(line, `volumes[${i}].parentUuid is invalid`);
+  }
+  if (v.consistency !== undefined && !CONSISTENCIES.includes(v.consistency as Consistency))
+    fail(line, `consistency is not one of ${CONSISTENCIES.join(', ')}`);
+  if (v.frozenMs !== undefined) {
+    if (!Number.isSafeInteger(v.frozenMs) || (v.frozenMs as number) < 0) fail(line, 'frozenMs is not a whole number of ms');
+    if (v.consistency !== 'frozen') fail(line, 'frozenMs without consistency "frozen"');
   }
   if (v.changelog !== undefined && !isAbs(v.changelog)) fail(line, 'changelog is not an absolute path');
   return v as unknown as BackupRecord;

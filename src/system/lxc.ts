@@ -10,7 +10,7 @@ import { SbkError, ExitCode, describeSystemError } from '../core/errors.js';
 import { checkContainerName, isValidVolumeName, type Dirs } from '../core/layout.js';
 import type { Log } from '../core/log.js';
 import { configVolumes, readContainerConfig, type VolumeRef } from '../formats/lxc-config.js';
-import { requireSubvolume } from './btrfs.js';
+import { requireSubvolume, subvolumeInfo } from './btrfs.js';
 import { exists } from './atomic.js';
 
 export interface LxcStateAnswer {
@@ -48,13 +48,22 @@ async function candidatePaths(lxcDir: string, name: string, sockets: string[]): 
   return [...paths];
 }
 
-/**
- * The state of container `name` of `lxcDir` as LXC reports it, or undefined when LXC is not
- * installed (then no container runs through it) or knows no such container. A container whose
- * config LXC cannot load (edited since it started) but whose command socket is bound is
- * reported as RUNNING: it is there, whatever its config says now.
- */
+/** What LXC says of a container: its state, or that LXC is not installed here (no lxc-info). */
+export type LxcStateQuery = LxcStateAnswer | { state: 'NO-LXC' } | undefined;
+
+/** The state of container `name` of `lxcDir` as LXC reports it, or undefined when LXC is not installed or knows no such container. */
 export async function lxcContainerState(lxcDir: string, name: string, signal?: AbortSignal): Promise<LxcStateAnswer | undefined> {
+  const s = await queryContainerState(lxcDir, name, signal);
+  return s && 'lxcPath' in s ? s : undefined;
+}
+
+/**
+ * The state of container `name` of `lxcDir` as LXC reports it; `{ state: 'NO-LXC' }` when LXC is
+ * not installed (then no container runs through it), undefined when LXC knows no such
+ * container. A container whose config LXC cannot load (edited since it started) but whose
+ * command socket is bound is reported as RUNNING: it is there, whatever its config says now.
+ */
+export async function queryContainerState(lxcDir: string, name: string, signal?: AbortSignal): Promise<LxcStateQuery> {
   const sockets = await abstractSockets();
   let found: LxcStateAnswer | undefined;
   for (const p of await candidatePaths(lxcDir, name, sockets)) {
@@ -65,7 +74,7 @@ export async function lxcContainerState(lxcDir: string, name: string, signal?: A
       cancelSignal: signal,
       env: { LC_ALL: 'C' },
     });
-    if ((r as { code?: string }).code === 'ENOENT') return undefined; // lxc-info is not installed
+    if ((r as { code?: string }).code === 'ENOENT') return { state: 'NO-LXC' }; // lxc-info is not installed
     signal?.throwIfAborted();
     if (r.exitCode === 0) {
       const state = r.stdout.trim().split('\n').pop()!.trim();
@@ -139,10 +148,23 @@ export interface FoundContainers {
   names: string[];
   /** Containers (directories with an LXC config) that cannot be backed up, and why. */
   unusable: { name: string; error: SbkError }[];
+  /** Subutai templates (see isTemplate), in name order: not in `names`. */
+  templates: string[];
 }
 
 /**
- * Containers in the LXC dir: directories with a config whose volumes are all subvolumes. A
+ * A Subutai template: its root file system is a read-only subvolume (Subutai makes a template's
+ * rootfs read-only; containers are writable clones of it). Never a running container, and
+ * nothing of its own to back up.
+ */
+async function isTemplate(cv: ContainerVolumes): Promise<boolean> {
+  const root = cv.volumes.find((v) => v.mount === '/');
+  return root !== undefined && (await subvolumeInfo(root.source)).readonly;
+}
+
+/**
+ * Containers in the LXC dir: directories with a config whose volumes are all subvolumes, the
+ * Subutai templates among them apart. A
  * directory with a config that cannot be backed up (a volume that is a plain directory, a
  * rootfs on another backend …) is a container all the same: it is returned in `unusable`, for
  * the caller to report, never dropped in silence (a cron job would lose its backups for ever).
@@ -157,7 +179,7 @@ export async function findContainers(dirs: Dirs, log: Log): Promise<FoundContain
       throw new SbkError(`LXC directory ${dirs.lxcDir} does not exist`, ExitCode.notFound);
     throw err;
   }
-  const found: FoundContainers = { names: [], unusable: [] };
+  const found: FoundContainers = { names: [], unusable: [], templates: [] };
   for (const e of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
     if (!e.isDirectory() || e.name.startsWith('.')) continue;
     if (path.join(dirs.lxcDir, e.name) === dirs.backupDir || e.name === 'backups') continue;
@@ -166,8 +188,8 @@ export async function findContainers(dirs: Dirs, log: Log): Promise<FoundContain
       continue;
     }
     try {
-      await containerVolumes(dirs, e.name);
-      found.names.push(e.name);
+      const cv = await containerVolumes(dirs, e.name);
+      (await isTemplate(cv) ? found.templates : found.names).push(e.name);
     } catch (err) {
       const error =
         err instanceof SbkError

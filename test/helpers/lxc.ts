@@ -56,8 +56,12 @@ export interface LxcHost {
   state(name: string): Promise<LxcState>;
   /** A container something else makes or starts (sbk-unpack --start): stopped and destroyed in teardown. */
   track(name: string): void;
+  /** The host pid of the running container's init (a new one after a stop and start). */
+  initPid(name: string): Promise<number>;
   /** Runs a command inside the running container. */
   attach(name: string, cmd: string[]): Promise<string>;
+  /** Stops and destroys one container (thawed first if frozen). Never throws. */
+  destroy(name: string): Promise<void>;
   /** Stops and destroys every container this host created or started. Never throws. */
   cleanup(): Promise<void>;
 }
@@ -127,30 +131,34 @@ export function lxcHost(lxcDir: string): LxcHost {
     track(name) {
       ours.add(name);
     },
+    async initPid(name) {
+      return Number((await must('lxc-info', ['-P', lxcDir, '-n', name, '-p', '-H'])).stdout.trim());
+    },
     async attach(name, cmd) {
       return (await must('lxc-attach', ['-P', lxcDir, '-n', name, '--', ...cmd])).stdout;
     },
-    async cleanup() {
-      for (const name of ours) {
-        try {
-          const s = await lxcState(lxcDir, name).catch(() => 'UNKNOWN');
-          if (s === 'ABSENT') continue;
-          if (s === 'FROZEN' || s === 'FREEZING') await lxc('lxc-unfreeze', ['-P', lxcDir, '-n', name]);
-          if (s !== 'STOPPED') {
-            await lxc('lxc-stop', ['-P', lxcDir, '-n', name, '-k']);
-            await lxc('lxc-wait', ['-P', lxcDir, '-n', name, '-s', 'STOPPED', '-t', String(TIMEOUT_S)]);
-          }
-          // The extra volumes first: lxc-destroy removes the rootfs subvolume, then the directory.
-          for (const v of LXC_EXTRA_VOLUMES) {
-            const p = path.join(lxcDir, name, v);
-            if (existsSync(p)) await lxc('btrfs', ['subvolume', 'delete', p]);
-          }
-          const d = await lxc('lxc-destroy', ['-P', lxcDir, '-n', name]);
-          if (d.exitCode !== 0) process.stderr.write(`lxc teardown: lxc-destroy ${name}: ${d.stderr.trim()}\n`);
-        } catch (err) {
-          process.stderr.write(`lxc teardown: ${name}: ${(err as Error).message}\n`);
+    async destroy(name) {
+      try {
+        const s = await lxcState(lxcDir, name).catch(() => 'UNKNOWN');
+        if (s === 'ABSENT') return;
+        if (s === 'FROZEN' || s === 'FREEZING') await lxc('lxc-unfreeze', ['-P', lxcDir, '-n', name]);
+        if (s !== 'STOPPED') {
+          await lxc('lxc-stop', ['-P', lxcDir, '-n', name, '-k']);
+          await lxc('lxc-wait', ['-P', lxcDir, '-n', name, '-s', 'STOPPED', '-t', String(TIMEOUT_S)]);
         }
+        // The extra volumes first: lxc-destroy removes the rootfs subvolume, then the directory.
+        for (const v of LXC_EXTRA_VOLUMES) {
+          const p = path.join(lxcDir, name, v);
+          if (existsSync(p)) await lxc('btrfs', ['subvolume', 'delete', p]);
+        }
+        const d = await lxc('lxc-destroy', ['-P', lxcDir, '-n', name]);
+        if (d.exitCode !== 0) process.stderr.write(`lxc teardown: lxc-destroy ${name}: ${d.stderr.trim()}\n`);
+      } catch (err) {
+        process.stderr.write(`lxc teardown: ${name}: ${(err as Error).message}\n`);
       }
+    },
+    async cleanup() {
+      for (const name of ours) await host.destroy(name);
       ours.clear();
     },
   };

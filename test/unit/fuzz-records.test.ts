@@ -66,6 +66,13 @@ const recordArb: fc.Arbitrary<BackupRecord> = fc
       selector: (v) => v.name,
     }),
     changelog: fc.option(absArb, { nil: undefined }),
+    taken: fc.option(
+      fc.oneof(
+        fc.record({ consistency: fc.constant('frozen' as const), frozenMs: fc.option(fc.nat(), { nil: undefined }) }),
+        fc.record({ consistency: fc.constantFrom('stopped' as const, 'live' as const) }),
+      ),
+      { nil: undefined },
+    ),
   })
   .map((o) => {
     const self = setRef(o.container, o.time, o.full);
@@ -83,6 +90,10 @@ const recordArb: fc.Arbitrary<BackupRecord> = fc
       previous: o.hasPrevious ? setRef(o.container, o.parentTime, false) : parent,
       volumes: o.volumes.map((v) => ({ ...v, snapshot: `${self.set}/${v.name}` })),
     };
+    if (o.taken) {
+      r.consistency = o.taken.consistency;
+      if ('frozenMs' in o.taken && o.taken.frozenMs !== undefined) r.frozenMs = o.taken.frozenMs;
+    }
     if (o.changelog !== undefined) r.changelog = o.changelog;
     return r;
   });
@@ -134,14 +145,17 @@ describe('fuzz: valid records', () => {
 const jsonArb = fc.jsonValue({ maxDepth: 3 });
 const interesting = fc.oneof(
   jsonArb,
-  fc.constantFrom(null, true, false, 0, -1, 1.5, 2 ** 53, -0, '', '/', 'backup', 'manifest', '../x', 'meta', '..', 'a b', '/x\0y', [], {}),
+  fc.constantFrom(null, true, false, 0, -1, 1.5, 2 ** 53, -0, '', '/', 'backup', 'manifest', 'frozen', 'live', 'stopped', '../x', 'meta', '..', 'a b', '/x\0y', [], {}),
   fc.string(),
 );
 const fieldMutation: fc.Arbitrary<FieldMutation> = fc.record({
   op: fc.constantFrom('set' as const, 'delete' as const, 'add' as const),
   pick: fc.nat(),
   value: interesting,
-  key: fc.oneof(fc.constantFrom('sbk', 'format', 'time', 'name', 'parent', 'volumes', 'changelog', '__proto__', 'constructor', 'toString'), fc.string({ maxLength: 8 })),
+  key: fc.oneof(
+    fc.constantFrom('sbk', 'format', 'time', 'name', 'parent', 'volumes', 'changelog', 'consistency', 'frozenMs', '__proto__', 'constructor', 'toString'),
+    fc.string({ maxLength: 8 }),
+  ),
 });
 
 describe('fuzz: damaged records', () => {

@@ -238,6 +238,12 @@ describe('readRecords: malformed records name their line', () => {
     ['a volume without uuid', (r) => delete r.volumes[0].uuid, 'volumes[0].uuid is missing'],
     ['a volume with a numeric parentUuid', (r) => (r.volumes[0].parentUuid = 7), 'volumes[0].parentUuid is invalid'],
     ['a relative changelog', (r) => (r.changelog = 'changelog.txt'), 'changelog is not an absolute path'],
+    ['an unknown consistency', (r) => (r.consistency = 'paused'), 'consistency is not one of frozen, stopped, live'],
+    ['a consistency that is not a string', (r) => (r.consistency = true), 'consistency is not one of frozen, stopped, live'],
+    ['a negative frozenMs', (r) => ((r.consistency = 'frozen'), (r.frozenMs = -1)), 'frozenMs is not a whole number of ms'],
+    ['a fractional frozenMs', (r) => ((r.consistency = 'frozen'), (r.frozenMs = 1.5)), 'frozenMs is not a whole number of ms'],
+    ['a string frozenMs', (r) => ((r.consistency = 'frozen'), (r.frozenMs = '12')), 'frozenMs is not a whole number of ms'],
+    ['frozenMs of a set not frozen', (r) => ((r.consistency = 'live'), (r.frozenMs = 12)), 'frozenMs without consistency "frozen"'],
   ];
   it.each(mutations)('%s', async (_what, mutate, message) => {
     const r = JSON.parse(JSON.stringify(fullRecord())) as Record<string, any>;
@@ -249,6 +255,18 @@ describe('readRecords: malformed records name their line', () => {
 
   it('checkRecord accepts what formatRecord writes', () => {
     expect(checkRecord(JSON.parse(formatRecord(incrementalRecord())), 1)).toEqual(incrementalRecord());
+  });
+
+  it('how the set was taken (consistency, frozenMs) is read when present, and records without it stay valid', async () => {
+    const taken: BackupRecord[] = [
+      { ...fullRecord(1477297700), consistency: 'frozen', frozenMs: 42 },
+      { ...fullRecord(1477297701), consistency: 'frozen' },
+      { ...fullRecord(1477297702), consistency: 'stopped' },
+      { ...fullRecord(1477297703), consistency: 'live' },
+      fullRecord(1477297704),
+    ];
+    expect(await readAll(chunked(lines(...taken)))).toEqual(taken);
+    expect(formatRecord(taken[0]!)).toMatch(/"consistency":"frozen","frozenMs":42\}\n$/);
   });
 
   it('a line longer than 16 MiB is refused as bad input, naming the line', async () => {

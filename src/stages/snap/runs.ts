@@ -33,8 +33,12 @@ async function containersOf(dirs: Dirs, given: string[], all: boolean, log: Log)
       log.error(`${u.name}: not backed up: ${u.error.message}`);
       failed = u.error;
     }
+    for (const t of found.templates) log.verbose(`skipping ${t}: a Subutai template (its rootfs is read-only)`);
     names = found.names;
-    if (!names.length && !found.unusable.length) throw new SbkError(`no containers found in ${dirs.lxcDir}`, ExitCode.notFound);
+    if (!names.length && !found.unusable.length) {
+      const templates = found.templates.length ? ` (only templates: ${found.templates.join(', ')})` : '';
+      throw new SbkError(`no containers found in ${dirs.lxcDir}${templates}`, ExitCode.notFound);
+    }
     if (!names.length) return { names, failed };
   }
   if (!names.length) throw new SbkError('no container given (or use --all)', ExitCode.usage);
@@ -44,6 +48,20 @@ async function containersOf(dirs: Dirs, given: string[], all: boolean, log: Log)
   const unique = [...new Set(names)];
   for (const n of unique) if (names.indexOf(n) !== names.lastIndexOf(n)) log.warn(`${n} is named more than once: backed up once`);
   return { names: unique, failed };
+}
+
+/** How a set was taken, as -v says it. */
+function describeConsistency(r: BackupRecord): string {
+  switch (r.consistency) {
+    case 'frozen':
+      return r.frozenMs === undefined ? 'frozen: it was frozen already' : `frozen for ${r.frozenMs} ms`;
+    case 'stopped':
+      return 'stopped';
+    case 'live':
+      return 'live: taken while it ran, not frozen';
+    default:
+      return 'consistency not recorded';
+  }
 }
 
 /** One snapshot set per container; the exit code when any failed. */
@@ -57,7 +75,7 @@ export async function snapContainers(dirs: Dirs, given: string[], opts: SnapRunO
     signal.throwIfAborted();
     try {
       const record = await makeBackupSet(dirs, name, snapOpts);
-      log.verbose(`${name}: snapshots in ${record.set}`);
+      log.verbose(`${name}: snapshots in ${record.set} (${describeConsistency(record)})`);
       await emit(record);
     } catch (err) {
       if (signal.aborted || !(err instanceof SbkError)) throw err;

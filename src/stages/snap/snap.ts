@@ -19,6 +19,7 @@ import type { Log } from '../../core/log.js';
 import type { Receipt } from '../../formats/receipt.js';
 import { readArchiveHead } from '../../formats/archive/open.js';
 import { containerVolumes, type ContainerVolumes } from '../../system/lxc.js';
+import { snapshotsHeldStill, type HoldMode } from './consistency.js';
 import {
   chainDepth,
   confirmBackupSet,
@@ -105,6 +106,10 @@ export interface SnapOptions {
   maxChain?: number;
   /** --keep-snapshots: recorded in the set's run file, applied when the set is confirmed. */
   keepSnapshots?: number;
+  /** How a running container is held still for the snapshots (consistency.ts). */
+  hold: HoldMode;
+  /** --freeze-timeout, seconds. */
+  freezeTimeoutS: number;
 }
 
 /** Makes one snapshot set and returns its record. On failure removes what it made. */
@@ -185,18 +190,20 @@ function runOf(kind: SetKind, previous: { set: SetInfo } | undefined, keepSnapsh
  * Snapshots every volume into `partialDir`, all at once: the snapshots are taken in (about) the
  * same transaction, closer in time than one after the other, and the btrfs processes start in
  * parallel. A failure of any one lets the others finish before it is thrown (the caller then
- * removes the partial set). Returns each snapshot's UUID, in the order of `cv.volumes`.
+ * removes the partial set). Only the snapshots: a frozen container waits for nothing else.
  */
-async function snapshotVolumes(cv: ContainerVolumes, partialDir: string, signal?: AbortSignal): Promise<string[]> {
+async function snapshotVolumes(cv: ContainerVolumes, partialDir: string, signal?: AbortSignal): Promise<void> {
   const snapshotted = await Promise.allSettled(
-    cv.volumes.map(async (v) => {
-      await snapshot(v.source, path.join(partialDir, v.name), { readonly: true }, signal);
-      return subvolumeInfo(path.join(partialDir, v.name), signal);
-    }),
+    cv.volumes.map((v) => snapshot(v.source, path.join(partialDir, v.name), { readonly: true }, signal)),
   );
   const failed = snapshotted.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
-  return snapshotted.map((r) => (r as PromiseFulfilledResult<SubvolumeInfo>).value.uuid);
+}
+
+/** Each snapshot's UUID, in the order of `cv.volumes`. */
+async function snapshotUuids(cv: ContainerVolumes, partialDir: string, signal?: AbortSignal): Promise<string[]> {
+  const infos: SubvolumeInfo[] = await Promise.all(cv.volumes.map((v) => subvolumeInfo(path.join(partialDir, v.name), signal)));
+  return infos.map((i) => i.uuid);
 }
 
 const setRef = (s: SetInfo | undefined): SetRef | null => (s ? { time: s.time, full: s.full, name: s.name, set: s.set } : null);
@@ -220,7 +227,10 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
   try {
     await writeFileAtomic(path.join(partialDir, RUN_FILE), JSON.stringify(runOf(kind, previous, opts.keepSnapshots)) + '\n');
     signal?.throwIfAborted();
-    const uuids = await snapshotVolumes(cv, partialDir, signal);
+    const how = await snapshotsHeldStill(cv, dirs.lxcDir, { hold: opts.hold, freezeTimeoutS: opts.freezeTimeoutS, log, signal }, (held) =>
+      snapshotVolumes(cv, partialDir, held),
+    );
+    const uuids = await snapshotUuids(cv, partialDir, signal);
     const volumes: VolumeRecord[] = cv.volumes.map((v, i) => ({
       name: v.name,
       mount: v.mount,
@@ -243,6 +253,7 @@ async function makeSetLocked(dirs: Dirs, cv: ContainerVolumes, opts: SnapOptions
       parent: full ? null : setRef(previous?.set),
       previous: setRef(previous?.set),
       volumes,
+      ...how,
     };
   } catch (err) {
     await removeSetDir(partialDir).catch((e) => log.error(`could not remove ${partialDir}: ${(e as Error).message}`));
