@@ -11,7 +11,9 @@
 //   (f) the cost of --progress (drawn on a pseudo-terminal)
 //   (g) the changelog bench (bench/changelog.mjs)
 //   (h) the time a running LXC container is frozen per backup (bench/freeze.mjs)
-// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g,h] [--profile] [--keep]
+//   (i) the fixed cost of a backup: a no-change incremental and every --help, beside node -e 0
+//       (bench/fixed-cost.mjs, which also runs alone)
+// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g,h,i] [--profile] [--keep]
 //        node bench/run.js --profile --only none     (the profiles alone, RESULTS.md untouched)
 //        node bench/run.js --report-only             (RESULTS.md again from bench/results.json)
 //   --quick     about 270 MiB of content and a 0.5 GiB "big" delta instead of 0.9 and 2.2 GiB
@@ -27,6 +29,7 @@ import {
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { sectionFixedCost, fixedCostReport } from './fixed-cost.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = (n) => path.join(ROOT, 'bin', n);
@@ -48,7 +51,7 @@ if (flag('--help') || flag('-h')) {
 }
 const QUICK = flag('--quick');
 const ROUNDS = Math.max(1, Number(value('--rounds') ?? 3));
-const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h').split(','));
+const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h,i').split(','));
 const PROFILE = flag('--profile');
 const KEEP = flag('--keep');
 const HELP_RUNS = 10;
@@ -1084,6 +1087,7 @@ function report(meta) {
   }
 
   if (S.h) L.push(...S.h.markdown); // (h), rendered by bench/freeze.mjs
+  if (S.i) L.push(...fixedCostReport(S.i, targets));
   if (results.profile) {
     L.push('## CPU profiles', '', 'See bench/PROFILE.md (written by `--profile`).', '');
   }
@@ -1150,6 +1154,7 @@ async function main() {
 
   // First, while nothing of ours is being written back in the background.
   if (ONLY.has('e')) await sectionHelp();
+  if (ONLY.has('i')) results.sections.i = await sectionFixedCost({ rounds: HELP_RUNS, log, registerCleanup: (f) => cleanupSteps.push(async () => f()) });
 
   const needSandbox = ['a', 'b', 'c', 'd', 'f'].some((s) => ONLY.has(s)) || PROFILE;
   if (needSandbox) {

@@ -1,7 +1,7 @@
 // The btrfs commands sbk runs, through execa, and the one removal of directory trees that hold
 // subvolumes (removeTree). Big outputs (send streams) are never buffered: stdout is a stream
 // (`buffer: {stdout: false}`); stderr is kept so errors can quote it.
-import { statfs, stat, lstat, readdir, rm, rmdir } from 'node:fs/promises';
+import { statfs, stat, lstat, readdir, realpath, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
@@ -87,6 +87,55 @@ function parseSubvolumeShow(out: string): SubvolumeInfo {
 export async function subvolumeInfo(p: string, signal?: AbortSignal): Promise<SubvolumeInfo> {
   return parseSubvolumeShow(await btrfs(['subvolume', 'show', p], signal));
 }
+
+/** The root of the subvolume that holds directory `dir`: the nearest directory of inode 256 up from it. */
+async function subvolumeRootOf(dir: string): Promise<string | undefined> {
+  for (let p = await realpath(dir); ; p = path.dirname(p)) {
+    if ((await stat(p)).ino === SUBVOLUME_ROOT_INO) return p;
+    if (path.dirname(p) === p) return undefined;
+  }
+}
+
+/**
+ * subvolumeInfo of several subvolumes (a snapshot set's) for one process rather than one each:
+ * those side by side in a subvolume are looked up in one `btrfs subvolume list -o -r` of it
+ * (the read-only subvolumes directly inside it, their paths from the filesystem's top level).
+ * A path is taken from that list only when exactly one line names it; anything else (not
+ * read-only, not listed, a path the list could name twice) is asked of `show` as before.
+ */
+export async function subvolumeInfos(paths: string[], signal?: AbortSignal): Promise<SubvolumeInfo[]> {
+  const out: (SubvolumeInfo | undefined)[] = paths.map(() => undefined);
+  const groups = new Map<string, { i: number; rel: string }[]>();
+  await Promise.all(
+    paths.map(async (p, i) => {
+      const real = await realpath(p).catch(() => undefined);
+      const root = real && (await subvolumeRootOf(path.dirname(real)).catch(() => undefined));
+      if (!real || !root) return;
+      const g = groups.get(root) ?? [];
+      g.push({ i, rel: path.relative(root, real) });
+      groups.set(root, g);
+    }),
+  );
+  await Promise.all(
+    [...groups].map(async ([root, members]) => {
+      if (members.length < 2) return; // one path: `show` costs the same
+      const lines = (await btrfs(['subvolume', 'list', '-o', '-r', '-u', '-q', '-R', root], signal)).split('\n');
+      for (const { i, rel } of members) {
+        const hits = lines
+          .map((l) => LIST_LINE.exec(l))
+          .filter((m): m is RegExpExecArray => m !== null && (m[5] === rel || m[5]!.endsWith('/' + rel)));
+        if (hits.length !== 1) continue;
+        const [, gen, parentUuid, receivedUuid, uuid] = hits[0]!;
+        const orNull = (v: string | undefined) => (!v || v === '-' ? null : v);
+        out[i] = { uuid: uuid!, parentUuid: orNull(parentUuid), receivedUuid: orNull(receivedUuid), readonly: true, generation: Number(gen) };
+      }
+    }),
+  );
+  return Promise.all(out.map((info, i) => info ?? subvolumeInfo(paths[i]!, signal)));
+}
+
+/** A line of `btrfs subvolume list -u -q -R`: gen, parent UUID, received UUID, UUID, path. */
+const LIST_LINE = /^ID \d+ gen (\d+) top level \d+ parent_uuid (\S+)\s+received_uuid (\S+)\s+uuid (\S+) path (.*)$/;
 
 export async function snapshot(src: string, dst: string, opts: { readonly: boolean }, signal?: AbortSignal) {
   await btrfs(['subvolume', 'snapshot', ...(opts.readonly ? ['-r'] : []), src, dst], signal);
@@ -214,17 +263,19 @@ export function receive(dir: string, signal?: AbortSignal): { stdin: Writable; d
 
 /**
  * The subvolumes directly inside subvolume `p` (their paths relative to it), from one `btrfs
- * subvolume list -o` (paths from the filesystem's top level) and its own path from `show`.
+ * subvolume list -o` (paths from the filesystem's top level) and, only when it lists any (rare:
+ * a backup asks each volume), its own path from `show`.
  */
 async function childSubvolumes(p: string, signal?: AbortSignal): Promise<string[]> {
   const strip = (s: string) => s.replace(/^<FS_TREE>\/?/, '').replace(/^\/+/, '');
-  const top = strip((await btrfs(['subvolume', 'show', p], signal)).split('\n')[0]!.trim());
   const list = await btrfs(['subvolume', 'list', '-o', p], signal);
+  const listed = list.split('\n').map((line) => /^ID \d+ gen \d+ top level \d+ path (.*)$/.exec(line)?.[1]);
+  if (!listed.some((l) => l !== undefined)) return [];
+  const top = strip((await btrfs(['subvolume', 'show', p], signal)).split('\n')[0]!.trim());
   const out: string[] = [];
-  for (const line of list.split('\n')) {
-    const m = /^ID \d+ gen \d+ top level \d+ path (.*)$/.exec(line);
-    if (!m) continue;
-    const full = strip(m[1]!);
+  for (const l of listed) {
+    if (l === undefined) continue;
+    const full = strip(l);
     const rel = top === '' ? full : full.startsWith(top + '/') ? full.slice(top.length + 1) : undefined;
     if (rel) out.push(rel);
   }

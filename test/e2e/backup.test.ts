@@ -77,6 +77,31 @@ describe.skipIf(mode === 'skip')('backup flow on loopback BTRFS', () => {
     const [fs, is] = [(await stat(full)).size, (await stat(incr)).size];
     expect(fs).toBeGreaterThan(1024 * 1024); // 1 MiB of random data in opt
     expect(is).toBeLessThan(fs / 50);
+    // The record names each snapshot and its parent by the UUIDs btrfs shows for them.
+    const shown = async (p: string) => /^\s*UUID:\s*(\S+)/m.exec((await execa('btrfs', ['subvolume', 'show', p])).stdout)?.[1];
+    for (const v of rec.volumes as { name: string; snapshot: string; uuid: string; parentUuid: string }[]) {
+      expect(v.uuid, v.name).toBe(await shown(v.snapshot));
+      expect(v.parentUuid, v.name).toBe(await shown(path.join(rec.parent.set, v.name)));
+    }
+  });
+
+  it('subvolume facts of a set, looked up together, are those `btrfs subvolume show` gives each', async () => {
+    const { subvolumeInfo, subvolumeInfos } = await import('../../src/system/btrfs.js');
+    const sets = await ls(path.join(sb.backupDir, 'c1'));
+    const set = path.join(sb.backupDir, 'c1', sets.at(-1)!);
+    // Look-alikes the one list also holds: the same path under another directory, a writable one.
+    const decoy = path.join(sb.lxcDir, 'decoy', path.relative(sb.lxcDir, set));
+    await mkdir(decoy, { recursive: true });
+    await execa('btrfs', ['subvolume', 'snapshot', '-r', path.join(set, 'rootfs'), path.join(decoy, 'rootfs')]);
+    await execa('btrfs', ['subvolume', 'create', path.join(decoy, 'rw')]);
+    try {
+      const paths = [...VOLUMES.map((v) => path.join(set, v)), path.join(decoy, 'rw'), path.join(sb.lxcDir, 'c1', 'rootfs')];
+      expect(await subvolumeInfos(paths)).toEqual(await Promise.all(paths.map((p) => subvolumeInfo(p))));
+      expect((await subvolumeInfos([path.join(decoy, 'rw'), path.join(decoy, 'rootfs')]))[0]!.readonly).toBe(false);
+    } finally {
+      await execa('btrfs', ['subvolume', 'delete', path.join(decoy, 'rootfs'), path.join(decoy, 'rw')]);
+      await rm(path.join(sb.lxcDir, 'decoy'), { recursive: true, force: true });
+    }
   });
 
   it('archives restore by hand (tar, cat, btrfs receive) into trees identical to the snapshots', async () => {

@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 import path from 'node:path';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { PARTIAL_SET_RE, RUN_FILE, archiveFileName, backupName, checkContainerName, partialSetName, setDirName, type Dirs } from '../../core/layout.js';
-import { isSubvolume, snapshot, subvolumeInfo, type SubvolumeInfo } from '../../system/btrfs.js';
+import { isSubvolume, snapshot, subvolumeInfo, subvolumeInfos } from '../../system/btrfs.js';
 import { writeFileAtomic } from '../../system/atomic.js';
 import { backupLockFile, withLock } from '../../system/lock.js';
 import type { BackupRecord, SetRef, VolumeRecord } from '../../formats/record.js';
@@ -56,8 +56,8 @@ async function newestValidParent(
     for (const name of await readdir(s.set)) {
       if (!name.startsWith('.') && (await isSubvolume(path.join(s.set, name)).catch(() => false))) names.push(name);
     }
-    // One `btrfs subvolume show` per volume, all at once: each is mostly process start-up.
-    const infos = await Promise.all(names.map((name) => subvolumeInfo(path.join(s.set, name), signal)));
+    // One `btrfs subvolume list` for the set's volumes: each process is mostly start-up.
+    const infos = await subvolumeInfos(names.map((name) => path.join(s.set, name)), signal);
     for (const [i, name] of names.entries()) {
       if (!infos[i]!.readonly) {
         log.warn(`snapshot ${path.join(s.set, name)} is not read-only; not using ${s.name} as a parent`);
@@ -200,10 +200,9 @@ async function snapshotVolumes(cv: ContainerVolumes, partialDir: string, signal?
   if (failed) throw failed.reason;
 }
 
-/** Each snapshot's UUID, in the order of `cv.volumes`. */
+/** Each snapshot's UUID, in the order of `cv.volumes` (all from one `btrfs subvolume list`). */
 async function snapshotUuids(cv: ContainerVolumes, partialDir: string, signal?: AbortSignal): Promise<string[]> {
-  const infos: SubvolumeInfo[] = await Promise.all(cv.volumes.map((v) => subvolumeInfo(path.join(partialDir, v.name), signal)));
-  return infos.map((i) => i.uuid);
+  return (await subvolumeInfos(cv.volumes.map((v) => path.join(partialDir, v.name)), signal)).map((info) => info.uuid);
 }
 
 const setRef = (s: SetInfo | undefined): SetRef | null => (s ? { time: s.time, full: s.full, name: s.name, set: s.set } : null);
