@@ -41,7 +41,7 @@ async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
   return inputs;
 }
 
-/** Stdin holds either archive bytes (gzip or tar) or a list of paths, one a line: the first bytes tell. */
+/** Stdin holds either archive bytes (gzip, zstd, both, or tar) or a list of paths, one a line: the first bytes tell. */
 async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }> {
   const { peekStream, sniff, describeKind } = await import('../formats/input.js');
   const { openArchiveStream } = await import('../formats/archive/open.js');
@@ -49,7 +49,7 @@ async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }
     throw new SbkError('no archives: give their paths, or pipe `sbk-plan CONTAINER` or archive bytes into stdin', ExitCode.usage);
   const { head, stream } = await peekStream(process.stdin, 512);
   const kind = sniff(head);
-  if (kind === 'gzip' || kind === 'tar')
+  if (kind === 'gzip' || kind === 'zstd' || kind === 'tar')
     return { inputs: [{ source: 'stdin', open: () => openArchiveStream(stream, 'stdin') }], files: false };
   if (kind === 'empty') throw new SbkError('no input (did the stage before fail?): stdin is empty (expected archive paths or archive bytes)', ExitCode.badInput);
   if (kind !== 'text')
@@ -77,7 +77,7 @@ function restoreProgress(progress: Progress, formatBytes: (n: number) => string)
     volume(archive, volume, input, tarStream) {
       const m = (meter = progress.start(`${archive} ${volume}`));
       const size = input.size;
-      // A gzip archive's stream is the gunzip one: bytesWritten is the compressed bytes consumed.
+      // A compressed archive's stream is its decompressor: bytesWritten is the compressed bytes consumed.
       const s = tarStream as Readable & { bytesWritten?: number; bytesRead?: number };
       if (size)
         m.extra = () => {
@@ -100,13 +100,13 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-unpack',
       usage:
-        '$0 [--as NAME] [--force] [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.gz | sbk-unpack).',
+        '$0 [--as NAME] [--force] [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.zst | sbk-unpack).',
       options: (y) =>
         y
           .option('as', { type: 'string', describe: 'restore under this container name (default: the archived name)' })
           .option('force', { alias: 'f', type: 'boolean', describe: 'replace an existing container, once the new one is complete' })
           .option('wait', WAIT_OPTION)
-          .option('verify', { type: 'boolean', describe: 'check archives fully (gzip, tar, sha256, send streams); restore nothing, needs no root' })
+          .option('verify', { type: 'boolean', describe: 'check archives fully (gzip/zstd, tar, sha256, send streams); restore nothing, needs no root' })
           .option('progress', PROGRESS_OPTION)
           .conflicts('verify', ['as', 'force']),
       run: async (args, ctx) => {

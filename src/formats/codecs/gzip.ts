@@ -9,7 +9,7 @@ import { availableParallelism } from 'node:os';
 import zlib from 'node:zlib';
 import type { Codec, CodecCounters } from './codec.js';
 import { crc32 } from './crc32.js';
-import { gzipMembers } from './gzip-members.js';
+import { gzipMember } from './gzip-members.js';
 
 export interface GzipOptions {
   /** zlib level 1..9 (default 6, like gzip). */
@@ -247,11 +247,12 @@ export const gzipCodec = {
   name: 'gzip',
   suffix: '.tar.gz',
   magic: Buffer.from([0x1f, 0x8b]),
+  levels: { min: 1, max: 9, default: 6 },
   description: 'gzip-compressed data (an sbk archive? sbk-pack output?)',
   compress: (opts) => createGzipCompressor(opts),
   decompress: createGunzip,
   isDataError: (err) =>
     ((err as NodeJS.ErrnoException).code ?? '').startsWith('Z_') ||
     /incorrect header check|invalid (block|stored|distance|code)|unexpected end of file/i.test(err.message),
-  members: gzipMembers,
+  member: gzipMember,
 } as const satisfies Codec;

@@ -1,10 +1,11 @@
 // sbk-unpack --verify: every archive read whole, as a restore reads it, and nothing written:
-// gzip, tar, every sha256 against the trailer, and each volume's send stream command by command.
+// gzip or zstd, tar, every sha256 against the trailer, and each volume's send stream command by command.
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { readArchives } from '../../formats/archive/archive.js';
 import { readError } from '../../formats/archive/open.js';
 import { SbkError } from '../../core/errors.js';
+import { backupName } from '../../core/layout.js';
 import type { Log } from '../../core/log.js';
 import { formatBytes } from '../../core/progress.js';
 import { Guards, sendStreamCheck, type StreamCheck } from './receive.js';
@@ -79,7 +80,7 @@ async function verifyStream(input: RestoreInput, tarStream: Readable, guards: Gu
         legacy = false;
       } else if (e.manifest.format === 0 && !legacy) {
         legacy = true;
-        name = input.nameInfo ? path.basename(input.source).replace(/\.tar\.gz$/, '') : input.source;
+        name = input.nameInfo ? backupName(input.nameInfo.container, input.nameInfo.time, input.nameInfo.full) : input.source;
         bytes = 0;
         volumes = 0;
         log.warn(`${name} is an archive of the original Subutai tool: it carries no checksums`);
