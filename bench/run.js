@@ -10,7 +10,8 @@
 //   (e) --help time of every binary
 //   (f) the cost of --progress (drawn on a pseudo-terminal)
 //   (g) the changelog bench (bench/changelog.mjs)
-// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g] [--profile] [--keep]
+//   (z) zstd archives against zstd, gzip and a bare btrfs send (bench/zstd.mjs, its own sandbox)
+// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g,z] [--profile] [--keep]
 //        node bench/run.js --profile --only none     (the profiles alone, RESULTS.md untouched)
 //        node bench/run.js --report-only             (RESULTS.md again from bench/results.json)
 //   --quick     about 270 MiB of content and a 0.5 GiB "big" delta instead of 0.9 and 2.2 GiB
@@ -47,7 +48,7 @@ if (flag('--help') || flag('-h')) {
 }
 const QUICK = flag('--quick');
 const ROUNDS = Math.max(1, Number(value('--rounds') ?? 3));
-const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g').split(','));
+const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,z').split(','));
 const PROFILE = flag('--profile');
 const KEEP = flag('--keep');
 const HELP_RUNS = 10;
@@ -1082,6 +1083,7 @@ function report(meta) {
     }
   }
 
+  if (S.z) L.push('## (z) zstd archives (bench/zstd.mjs)', '', S.z.markdown, '');
   if (results.profile) {
     L.push('## CPU profiles', '', 'See bench/PROFILE.md (written by `--profile`).', '');
   }
@@ -1209,6 +1211,7 @@ async function main() {
     }
   }
   if (ONLY.has('g')) await sectionChangelog();
+  if (ONLY.has('z')) results.sections.z = JSON.parse((await sh(`node ${q(path.join(ROOT, 'bench', 'zstd.mjs'))}${QUICK ? ' --quick' : ''} --rounds ${ROUNDS}`)).stdout);
 
   const cpu1 = machineCpu();
   meta.loadEnd = loadavg();
