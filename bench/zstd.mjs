@@ -251,8 +251,13 @@ function summarize(sb, full, restore, kept) {
   const w = (runs) => median(runs.map((r) => r.wall));
   const cpu = (runs) => median(runs.map((r) => Object.values(r.stages).reduce((a, s) => a + s.cpu, 0)));
   const rss = (runs) => Math.max(...runs.flatMap((r) => Object.values(r.stages).map((s) => s.rssKiB))) / 1024;
-  const F = Object.fromEntries(Object.entries(full).map(([n, runs]) => [n, { wall: w(runs), cpu: cpu(runs), rssMiB: rss(runs), size: runs.at(-1).size }]));
-  const R = Object.fromEntries(Object.entries(restore).map(([n, runs]) => [n, { wall: w(runs) }]));
+  /** Median CPU seconds of each stage: what the pipe costs, whatever the load of the machine. */
+  const perStage = (runs) =>
+    Object.fromEntries(Object.keys(runs[0].stages).map((k) => [k, { cpu: median(runs.map((r) => r.stages[k].cpu)), rssMiB: Math.max(...runs.map((r) => r.stages[k].rssKiB)) / 1024 }]));
+  const F = Object.fromEntries(
+    Object.entries(full).map(([n, runs]) => [n, { wall: w(runs), cpu: cpu(runs), rssMiB: rss(runs), size: runs.at(-1).size, stages: perStage(runs) }]),
+  );
+  const R = Object.fromEntries(Object.entries(restore).map(([n, runs]) => [n, { wall: w(runs), stages: Object.keys(runs[0].stages).length ? perStage(runs) : undefined }]));
   const sbkRestore = restore['sbk-plan | sbk-unpack (zstd chain)'];
   const ratios = {
     vsZstd: F['sbk zstd'].wall / F['btrfs send | zstd -3 -T2'].wall,
@@ -261,6 +266,7 @@ function summarize(sb, full, restore, kept) {
     restore: R['sbk-plan | sbk-unpack (zstd chain)'].wall / R['zstd -dc | btrfs receive'].wall,
     rssMiB: Math.max(F['sbk zstd'].rssMiB, rss(sbkRestore)),
   };
+  const cell = (n) => n.replace(/\|/g, '\\|'); // a pipe inside a table cell
   const ok = (b) => (b ? 'met' : '**missed**');
   const s = (x) => x.toFixed(2);
   const mib = (b) => (b / MiB).toFixed(0);
@@ -269,11 +275,18 @@ function summarize(sb, full, restore, kept) {
     '',
     '| Full backup | wall s | CPU s | peak RSS MiB | output MiB |',
     '| --- | ---: | ---: | ---: | ---: |',
-    ...Object.entries(F).map(([n, x]) => `| ${n} | ${s(x.wall)} | ${s(x.cpu)} | ${x.rssMiB.toFixed(0)} | ${x.size ? mib(x.size) : '-'} |`),
+    ...Object.entries(F).map(([n, x]) => `| ${cell(n)} | ${s(x.wall)} | ${s(x.cpu)} | ${x.rssMiB.toFixed(0)} | ${x.size ? mib(x.size) : '-'} |`),
+    '',
+    'CPU seconds per stage (medians): ' +
+      ['sbk zstd', 'btrfs send | zstd -3 -T2', 'sbk gzip']
+        .map((n) => `${n}: ${Object.entries(F[n].stages).map(([k, x]) => `${k} ${s(x.cpu)}`).join(', ')}`)
+        .join('; ') +
+      '.',
+    `CPU of the whole pipe, sbk zstd / by hand: ${(F['sbk zstd'].cpu / F['btrfs send | zstd -3 -T2'].cpu).toFixed(2)}×.`,
     '',
     '| restore Full + incremental | wall s |',
     '| --- | ---: |',
-    ...Object.entries(R).map(([n, x]) => `| ${n} | ${s(x.wall)} |`),
+    ...Object.entries(R).map(([n, x]) => `| ${cell(n)} | ${s(x.wall)} |`),
     '',
     '| target | measured | |',
     '| --- | ---: | --- |',

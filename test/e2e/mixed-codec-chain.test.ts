@@ -16,6 +16,8 @@ const mode = e2eMode();
 const VOLS = ['rootfs', 'home', 'var'];
 const CODECS = ['gzip', 'zstd', 'gzip'] as const;
 const SUFFIX = { gzip: '.tar.gz', zstd: '.tar.zst' } as const;
+/** Three backups and three restores each: minutes on a busy 2-core machine. */
+const SLOW = 900_000;
 const MAGIC = { gzip: Buffer.from([0x1f, 0x8b]), zstd: Buffer.from([0x28, 0xb5, 0x2f, 0xfd]) } as const;
 
 describe.skipIf(mode === 'skip')('a chain of gzip and zstd archives', () => {
@@ -106,7 +108,7 @@ describe.skipIf(mode === 'skip')('a chain of gzip and zstd archives', () => {
     const left = (await readdir(sb.backupDir)).filter((n) => n.startsWith('m1_'));
     expect(left.filter((n) => !n.endsWith('_changelog.txt'))).toEqual([`m1_${(await sets('m1')).at(-1)}.tar.zst`]);
     for (const f of files) expect(existsSync(f)).toBe(false);
-  });
+  }, SLOW);
 
   it('through sbk-backup-remote (sbk-pack --store over ssh): stored as sent, restored at every point', async () => {
     const s = await backUpChain('m2', (codec) => run(`sbk-backup-remote --keep-snapshots 10 --compress ${codec} "$HOST" "$STORE" m2`));
@@ -125,7 +127,7 @@ describe.skipIf(mode === 'skip')('a chain of gzip and zstd archives', () => {
       expect(r.exitCode, r.stderr).toBe(0);
       expect(await volumeDiffs(path.join(sb.backupDir, 'm2', set), path.join(sb.lxcDir, `r${i}`))).toEqual([]);
     }
-  });
+  }, SLOW);
 
   it('through the gpg pipelines: opaque files named by codec, the chain found and restored at every point', async () => {
     const gnupg = path.join(sb.dir, 'gnupg');
@@ -146,5 +148,5 @@ describe.skipIf(mode === 'skip')('a chain of gzip and zstd archives', () => {
     } finally {
       await execa('gpgconf', ['--homedir', gnupg, '--kill', 'all'], { reject: false });
     }
-  });
+  }, SLOW);
 });

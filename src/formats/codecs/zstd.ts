@@ -36,6 +36,10 @@ function cleanMessage(stderr: string): string {
 class ZstdProcess extends Duplex implements CodecCounters {
   bytesIn = 0;
   bytesOut = 0;
+  /** Compressed bytes taken so far, as zlib's streams say it (sbk-unpack's progress reads it). */
+  get bytesWritten(): number {
+    return this.bytesIn;
+  }
   private readonly child: ChildProcessWithoutNullStreams;
   private stderr = '';
   private finalCb: ((err?: Error | null) => void) | undefined;
