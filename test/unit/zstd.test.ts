@@ -120,6 +120,23 @@ describe('the zstd compressor', () => {
   });
 });
 
+describe('without the zstd program', () => {
+  it('says what is missing in one line (exit 1), instead of a spawn error', async () => {
+    const path0 = process.env.PATH;
+    process.env.PATH = '/nonexistent';
+    let d;
+    try {
+      d = createZstdDecompressor();
+    } finally {
+      process.env.PATH = path0;
+    }
+    const err = await collect(d).then(() => undefined, (e: SbkError) => e);
+    expect(err).toBeInstanceOf(SbkError);
+    expect(err!.exitCode).toBe(1);
+    expect(err!.message).toMatch(/need the zstd program \(apt-get install zstd\)/);
+  });
+});
+
 describe('streams of gzip and zstd members', () => {
   const a = text(200_000, 3);
   const b = text(150_000, 5);
