@@ -3,7 +3,9 @@ import { runCli, refuseBinaryToTerminal, writeOut, makeProgress, PROGRESS_OPTION
 import { SbkError, ExitCode } from '../core/errors.js';
 import type { Meter } from '../core/progress.js';
 import type { CompressionOptions } from '../stages/pack/pack.js';
-import { codecs, codecByName, DEFAULT_CODEC } from '../formats/codecs/codec.js';
+import { CODEC_INFO, DEFAULT_CODEC_NAME } from '../formats/codecs/names.js';
+
+const codecs = Object.values(CODEC_INFO);
 
 interface PackArgs {
   output?: string;
@@ -35,7 +37,7 @@ export function main(argv: string[]): Promise<void> {
           .option('compress', {
             alias: 'c',
             type: 'string',
-            default: DEFAULT_CODEC.name,
+            default: DEFAULT_CODEC_NAME,
             describe: `compression of the archives: ${codecs.map((c) => `${c.name} (${c.suffix})`).join(', ')}`,
           })
           .option('level', {
@@ -51,7 +53,7 @@ export function main(argv: string[]): Promise<void> {
           })
           .option('progress', PROGRESS_OPTION)
           .check((a) => {
-            const codec = codecByName(a.compress);
+            const codec = codecs.find((c) => c.name === a.compress);
             if (!codec) throw new Error(`--compress takes ${codecs.map((c) => c.name).join(' or ')}, not ${JSON.stringify(a.compress)}`);
             const { min, max } = codec.levels;
             if (a.level !== undefined && (!Number.isInteger(a.level) || a.level < min || a.level > max))

@@ -14,6 +14,7 @@ import { createZstdCompressor, createZstdDecompressor, zstdCodec, ZSTD_LEVELS } 
 import { compressedMembers, decompressMembers } from '../../src/formats/codecs/members.js';
 import { sniff } from '../../src/formats/input.js';
 import { ARCHIVE_SUFFIXES } from '../../src/core/layout.js';
+import { CODEC_INFO, DEFAULT_CODEC_NAME } from '../../src/formats/codecs/names.js';
 import { SbkError } from '../../src/core/errors.js';
 import { BIN } from '../helpers/sandbox.js';
 import { until } from '../helpers/wait.js';
@@ -37,6 +38,9 @@ describe('the codec registry', () => {
   it('has gzip (the default) and zstd, each suffix among the archive names layout parses', () => {
     expect(codecs.map((c) => c.name)).toEqual(['gzip', 'zstd']);
     expect(DEFAULT_CODEC.name).toBe('gzip');
+    // What sbk-pack's options say (names.ts, loaded without the codecs) is what the codecs are.
+    expect(DEFAULT_CODEC_NAME).toBe(DEFAULT_CODEC.name);
+    expect(Object.values(CODEC_INFO)).toEqual(codecs.map((c) => ({ name: c.name, suffix: c.suffix, levels: c.levels })));
     expect(codecs.map((c) => c.suffix)).toEqual([...ARCHIVE_SUFFIXES]);
     expect(codecByName('zstd')).toBe(zstdCodec);
     expect(codecByName('lz4')).toBeUndefined();

@@ -10,6 +10,7 @@ import zlib from 'node:zlib';
 import type { Codec, CodecCounters } from './codec.js';
 import { crc32 } from './crc32.js';
 import { gzipMember } from './gzip-members.js';
+import { CODEC_INFO } from './names.js';
 
 export interface GzipOptions {
   /** zlib level 1..9 (default 6, like gzip). */
@@ -244,10 +245,8 @@ export function createGunzip(): zlib.Gunzip {
 }
 
 export const gzipCodec = {
-  name: 'gzip',
-  suffix: '.tar.gz',
+  ...CODEC_INFO.gzip,
   magic: Buffer.from([0x1f, 0x8b]),
-  levels: { min: 1, max: 9, default: 6 },
   description: 'gzip-compressed data (an sbk archive? sbk-pack output?)',
   compress: (opts) => createGzipCompressor(opts),
   decompress: createGunzip,

@@ -15,6 +15,7 @@ import { Duplex } from 'node:stream';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { writeChunk, endStream } from '../../core/streams.js';
 import type { ByteReader } from './byte-reader.js';
+import { CODEC_INFO } from './names.js';
 import type { Codec, CodecCounters, CompressedMember, CompressOptions } from './codec.js';
 
 const KiB = 1024;
@@ -22,7 +23,7 @@ export const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 /** The error code of a corrupt or cut zstd stream (zstd -d failed), for isDataError. */
 const DATA_ERROR = 'ZSTD_DATA';
 /** Levels 20..22 need --ultra and hundreds of MiB per thread: not offered (bounded memory). */
-export const ZSTD_LEVELS = { min: 1, max: 19, default: 3 } as const;
+export const ZSTD_LEVELS = CODEC_INFO.zstd.levels;
 /** A block holds at most 128 KiB (RFC 8878, 3.1.1.2.3); larger is corrupt. */
 const MAX_BLOCK = 128 * KiB;
 
@@ -230,10 +231,8 @@ class ZstdMember implements CompressedMember {
 }
 
 export const zstdCodec = {
-  name: 'zstd',
-  suffix: '.tar.zst',
+  ...CODEC_INFO.zstd,
   magic: ZSTD_MAGIC,
-  levels: ZSTD_LEVELS,
   description: 'zstd-compressed data (an sbk archive? sbk-pack output?)',
   compress: (opts) => createZstdCompressor(opts),
   decompress: createZstdDecompressor,
