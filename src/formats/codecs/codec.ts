@@ -1,7 +1,8 @@
 // The compression formats sbk reads and writes, behind one interface, and their registry. A
 // stage never names a format's library: it asks for a codec by name (sbk-pack's compressor) or by
 // the first bytes of its input (opening an archive, sniffing stdin). Adding a format is one module
-// exporting a Codec plus its line in `codecs` below (and its suffix in core/layout.ts's list).
+// exporting a Codec plus its line in `codecs` below, its name, suffix and levels in names.ts, and
+// its suffix in core/layout.ts's list.
 import type { Duplex, Readable } from 'node:stream';
 import type { ByteReader } from './byte-reader.js';
 import { gzipCodec } from './gzip.js';
