@@ -13,7 +13,8 @@
 //   (h) the time a running LXC container is frozen per backup (bench/freeze.mjs)
 //   (i) the fixed cost of a backup: a no-change incremental and every --help, beside node -e 0
 //       (bench/fixed-cost.mjs, which also runs alone)
-// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g,h,i] [--profile] [--keep]
+//   (z) zstd archives against zstd, gzip and a bare btrfs send (bench/zstd.mjs, its own sandbox)
+// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g,h,i,z] [--profile] [--keep]
 //        node bench/run.js --profile --only none     (the profiles alone, RESULTS.md untouched)
 //        node bench/run.js --report-only             (RESULTS.md again from bench/results.json)
 //   --quick     about 270 MiB of content and a 0.5 GiB "big" delta instead of 0.9 and 2.2 GiB
@@ -51,7 +52,7 @@ if (flag('--help') || flag('-h')) {
 }
 const QUICK = flag('--quick');
 const ROUNDS = Math.max(1, Number(value('--rounds') ?? 3));
-const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h,i').split(','));
+const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h,i,z').split(','));
 const PROFILE = flag('--profile');
 const KEEP = flag('--keep');
 const HELP_RUNS = 10;
@@ -1088,6 +1089,7 @@ function report(meta) {
 
   if (S.h) L.push(...S.h.markdown); // (h), rendered by bench/freeze.mjs
   if (S.i) L.push(...fixedCostReport(S.i, targets));
+  if (S.z) L.push('## (z) zstd archives (bench/zstd.mjs)', '', S.z.markdown, '');
   if (results.profile) {
     L.push('## CPU profiles', '', 'See bench/PROFILE.md (written by `--profile`).', '');
   }
@@ -1217,6 +1219,7 @@ async function main() {
   }
   if (ONLY.has('g')) await sectionChangelog();
   if (ONLY.has('h')) results.sections.h = JSON.parse((await sh(`node ${q(path.join(ROOT, 'bench', 'freeze.mjs'))} ${QUICK ? 8 : 20}`)).stdout.trim().split('\n').pop());
+  if (ONLY.has('z')) results.sections.z = JSON.parse((await sh(`node ${q(path.join(ROOT, 'bench', 'zstd.mjs'))}${QUICK ? ' --quick' : ''} --rounds ${ROUNDS}`)).stdout);
 
   const cpu1 = machineCpu();
   meta.loadEnd = loadavg();

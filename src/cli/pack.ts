@@ -1,13 +1,17 @@
-// sbk-pack: the tar stream of sbk-send in, gzip archives stored atomically (or -o FILE / -o -).
+// sbk-pack: the tar stream of sbk-send in, gzip or zstd archives stored atomically (or -o FILE / -o -).
 import { runCli, refuseBinaryToTerminal, writeOut, makeProgress, PROGRESS_OPTION, type Context } from './common.js';
 import { SbkError, ExitCode } from '../core/errors.js';
 import type { Meter } from '../core/progress.js';
 import type { CompressionOptions } from '../stages/pack/pack.js';
+import { CODEC_INFO, DEFAULT_CODEC_NAME } from '../formats/codecs/names.js';
+
+const codecs = Object.values(CODEC_INFO);
 
 interface PackArgs {
   output?: string;
   store?: string;
-  level: number;
+  compress: string;
+  level?: number;
   threads?: number;
   progress?: boolean;
 }
@@ -17,7 +21,7 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-pack',
       usage:
-        '$0 [options] < backups.tar\n$0 --store DIR < backups.tar.gz\n\nCompresses each sbk archive of the input, checks it against its trailer, and stores it as <backup-dir>/<c>_<time>[_Full].tar.gz (temp name, fsync, rename), with the changelog sidecar; then marks its snapshot set as a valid parent. Prints each stored path.\nWith --store DIR (the receiving end of a remote backup): stores the archives of `sbk-pack -o -` (kept byte for byte) or of sbk-send in DIR, confirms nothing, and prints one receipt per stored archive (NDJSON) for sbk-snap --confirm.',
+        '$0 [options] < backups.tar\n$0 --store DIR < backups.tar.gz\n\nCompresses each sbk archive of the input, checks it against its trailer, and stores it as <backup-dir>/<c>_<time>[_Full].tar.gz (.tar.zst with --compress zstd) (temp name, fsync, rename), with the changelog sidecar; then marks its snapshot set as a valid parent. Prints each stored path.\nWith --store DIR (the receiving end of a remote backup): stores the archives of `sbk-pack -o -` (kept byte for byte) or of sbk-send in DIR, confirms nothing, and prints one receipt per stored archive (NDJSON) for sbk-snap --confirm.',
       options: (y) =>
         y
           .option('output', {
@@ -30,15 +34,30 @@ export function main(argv: string[]): Promise<void> {
             describe: 'store the archives of sbk-pack -o - (or sbk-send) in DIR and print a receipt for each (needs no BTRFS, no root)',
           })
           .conflicts('store', 'output')
-          .option('level', { alias: 'l', type: 'number', default: 6, describe: 'gzip level 1..9' })
+          .option('compress', {
+            alias: 'c',
+            type: 'string',
+            default: DEFAULT_CODEC_NAME,
+            describe: `compression of the archives: ${codecs.map((c) => `${c.name} (${c.suffix})`).join(', ')}`,
+          })
+          .option('level', {
+            alias: 'l',
+            type: 'number',
+            describe: `compression level: ${codecs.map((c) => `${c.name} ${c.levels.min}..${c.levels.max} (default ${c.levels.default})`).join(', ')}`,
+          })
           .option('threads', {
             alias: 'T',
             type: 'number',
-            describe: 'compression threads (default: cores + 1, at most UV_THREADPOOL_SIZE - 1; bin/sbk-pack sets that to cores + 3)',
+            describe:
+              'compression threads (gzip default: cores + 1, at most UV_THREADPOOL_SIZE - 1, bin/sbk-pack sets that to cores + 3; zstd default: cores)',
           })
           .option('progress', PROGRESS_OPTION)
           .check((a) => {
-            if (!Number.isInteger(a.level) || a.level < 1 || a.level > 9) throw new Error('--level takes 1..9');
+            const codec = codecs.find((c) => c.name === a.compress);
+            if (!codec) throw new Error(`--compress takes ${codecs.map((c) => c.name).join(' or ')}, not ${JSON.stringify(a.compress)}`);
+            const { min, max } = codec.levels;
+            if (a.level !== undefined && (!Number.isInteger(a.level) || a.level < min || a.level > max))
+              throw new Error(`--level takes ${min}..${max} for ${codec.name}, not ${String(a.level)}`);
             if (a.threads !== undefined && (!Number.isInteger(a.threads) || a.threads < 1 || a.threads > 256))
               throw new Error('--threads takes a whole number from 1');
             return true;
@@ -57,6 +76,7 @@ async function compression(args: PackArgs, ctx: Context): Promise<CompressionOpt
   const progress = await makeProgress(ctx, args.progress);
   let meter: Meter | undefined;
   return {
+    codec: args.compress,
     level: args.level,
     threads: args.threads,
     progress: progress.enabled
@@ -110,7 +130,7 @@ async function runPack(args: PackArgs, ctx: Context): Promise<number | void> {
       : args.output !== undefined
         ? ({ kind: 'file', path: args.output } as const)
         : ({ kind: 'store', dirs: ctx.dirs } as const);
-  if (target.kind === 'stdout') refuseBinaryToTerminal('sbk-pack', 'gzip data');
+  if (target.kind === 'stdout') refuseBinaryToTerminal('sbk-pack', `${args.compress} data`);
   if (process.stdin.isTTY) throw new SbkError('stdin is a terminal: pipe the output of sbk-send into sbk-pack', ExitCode.usage);
   const [{ packArchives }, { mkdir }] = await Promise.all([import('../stages/pack/pack.js'), import('node:fs/promises')]);
   const compress = await compression(args, ctx);

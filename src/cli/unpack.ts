@@ -49,7 +49,7 @@ async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
   return inputs;
 }
 
-/** Stdin holds either archive bytes (gzip or tar) or a list of paths, one a line: the first bytes tell. */
+/** Stdin holds either archive bytes (gzip, zstd, both, or tar) or a list of paths, one a line: the first bytes tell. */
 async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }> {
   const { peekStream, sniff, describeKind } = await import('../formats/input.js');
   const { openArchiveStream } = await import('../formats/archive/open.js');
@@ -57,7 +57,7 @@ async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }
     throw new SbkError('no archives: give their paths, or pipe `sbk-plan CONTAINER` or archive bytes into stdin', ExitCode.usage);
   const { head, stream } = await peekStream(process.stdin, 512);
   const kind = sniff(head);
-  if (kind === 'gzip' || kind === 'tar')
+  if (kind === 'gzip' || kind === 'zstd' || kind === 'tar')
     return { inputs: [{ source: 'stdin', open: () => openArchiveStream(stream, 'stdin') }], files: false };
   if (kind === 'empty') throw new SbkError('no input (did the stage before fail?): stdin is empty (expected archive paths or archive bytes)', ExitCode.badInput);
   if (kind !== 'text')
@@ -85,7 +85,7 @@ function restoreProgress(progress: Progress, formatBytes: (n: number) => string)
     start({ archive, volume, input, tarStream }) {
       const m = (meter = progress.start(`${archive} ${volume}`));
       const size = input.size;
-      // A gzip archive's stream is the gunzip one: bytesWritten is the compressed bytes consumed.
+      // A compressed archive's stream is its decompressor: bytesWritten is the compressed bytes consumed.
       const s = tarStream as Readable & { bytesWritten?: number; bytesRead?: number };
       if (size)
         m.extra = () => {
@@ -119,7 +119,7 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-unpack',
       usage:
-        '$0 [--as NAME] [--force [--stop]] [--start] [ARCHIVE...]\n$0 --tar [--path PATH]... [ARCHIVE...] > point.tar\n$0 --list [--json] [--path PATH]... [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.gz | sbk-unpack).',
+        '$0 [--as NAME] [--force [--stop]] [--start] [ARCHIVE...]\n$0 --tar [--path PATH]... [ARCHIVE...] > point.tar\n$0 --list [--json] [--path PATH]... [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.zst | sbk-unpack).',
       options: (y) =>
         y
           .option('as', { type: 'string', describe: 'restore under this container name (default: the archived name)' })
@@ -128,7 +128,7 @@ export function main(argv: string[]): Promise<void> {
           .option('stop-timeout', { type: 'number', describe: 'seconds a clean stop may take before lxc-stop -k (default 30)' })
           .option('start', { type: 'boolean', describe: 'start the restored container (lxc-start) and wait until it runs' })
           .option('wait', WAIT_OPTION)
-          .option('verify', { type: 'boolean', describe: 'check archives fully (gzip, tar, sha256, send streams); restore nothing, needs no root' })
+          .option('verify', { type: 'boolean', describe: 'check archives fully (gzip/zstd, tar, sha256, send streams); restore nothing, needs no root' })
           .option('tar', { type: 'boolean', describe: "write the container's tree at that point as a pax tar on stdout; restore nothing" })
           .option('list', { type: 'boolean', describe: 'list the files at that point (like tar tv); restore nothing' })
           .option('json', { type: 'boolean', describe: 'with --list: one JSON object per file (NDJSON)' })

@@ -1,6 +1,6 @@
 // Names and places: the storage layout users' scripts depend on (see man/sbk.7, FILES).
 //   <backup-dir>/<c>/<time>[_Full]/<volume>   read-only snapshots (a "snapshot set")
-//   <backup-dir>/<c>_<time>[_Full].tar.gz     archive
+//   <backup-dir>/<c>_<time>[_Full].tar.gz     archive (gzip; .tar.zst: zstd)
 //   <backup-dir>/<c>_<time>[_Full]_changelog.txt  changelog sidecar (archive base + _changelog.txt)
 //   <backup-dir>/.locks/<c>.lock, <lxc-dir>/.sbk-locks/…   locks
 //   .<time>[_Full].partial-<pid>, .<name>.tmp-<pid>-<n>, .sbk-restore-<name>-<pid>   work in progress
@@ -66,8 +66,19 @@ export function setDirName(time: number, full: boolean): string {
   return `${time}${full ? '_Full' : ''}`;
 }
 
-export const archiveFileName = (container: string, time: number, full: boolean) =>
-  `${backupName(container, time, full)}.tar.gz`;
+/**
+ * The suffixes of archive file names, one per compression format (each codec names its own,
+ * formats/codecs/codec.ts; a unit test holds the two lists together). The first is the default's.
+ */
+export const ARCHIVE_SUFFIXES = ['.tar.gz', '.tar.zst'] as const;
+export type ArchiveSuffix = (typeof ARCHIVE_SUFFIXES)[number];
+
+export const archiveFileName = (container: string, time: number, full: boolean, suffix: string = ARCHIVE_SUFFIXES[0]) =>
+  `${backupName(container, time, full)}${suffix}`;
+
+/** Every name the archive of one backup may have: a backup is stored under one of them only. */
+export const archiveFileNames = (container: string, time: number, full: boolean) =>
+  ARCHIVE_SUFFIXES.map((s) => archiveFileName(container, time, full, s));
 
 /** The changelog sidecar: the archive's base name with `_changelog.txt`, as the original layout names it. */
 export const changelogFileName = (container: string, time: number, full: boolean) =>
@@ -83,19 +94,21 @@ export interface ParsedArchiveName {
   container: string;
   time: number;
   full: boolean;
+  /** The file name's suffix ('.tar.gz', '.tar.zst'). */
+  suffix: ArchiveSuffix;
 }
 
 // No leading zeros: a parsed name must format back to the same file name.
-const ARCHIVE_RE = /^(.+)_(0|[1-9]\d{0,11})(_Full)?\.tar\.gz$/;
+const ARCHIVE_RE = /^(.+)_(0|[1-9]\d{0,11})(_Full)?(\.tar\.gz|\.tar\.zst)$/;
 
 /**
- * Parses `<c>_<time>[_Full].tar.gz`. Container names may themselves hold `_` and digits
+ * Parses `<c>_<time>[_Full].tar.gz` (or `.tar.zst`). Container names may themselves hold `_` and digits
  * (`web_2_1477297700.tar.gz` is container `web_2`), so the time is taken from the right.
  */
 export function parseArchiveName(fileName: string): ParsedArchiveName | undefined {
   const m = ARCHIVE_RE.exec(path.basename(fileName));
   if (!m || !isValidContainerName(m[1]!)) return undefined;
-  return { container: m[1]!, time: Number(m[2]), full: m[3] !== undefined };
+  return { container: m[1]!, time: Number(m[2]), full: m[3] !== undefined, suffix: m[4] as ArchiveSuffix };
 }
 
 const SET_RE = /^(0|[1-9]\d{0,11})(_Full)?$/;

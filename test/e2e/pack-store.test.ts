@@ -170,8 +170,39 @@ describe('sbk-pack --store DIR', () => {
     const c = await makeChain();
     const r = await store(Buffer.concat([c.members[0]!, Buffer.from('garbage!!!\n')]));
     expect(r.exitCode).toBe(4);
-    expect(r.stderr).toMatch(/after archive 1 that are not a gzip member/);
+    expect(r.stderr).toMatch(/after archive 1 that are not a gzip or zstd member/);
     expect(await ls()).toEqual(['c1_1700000000_Full.tar.gz']);
+  });
+
+  it('stores zstd frames and gzip members mixed, each byte for byte under its own suffix; a cut or flipped frame stores nothing from it (4)', async () => {
+    const c = await makeChain();
+    // The Full and the last incremental as zstd frames (what sbk-pack --compress zstd -o - writes).
+    const zstd = (b: Buffer) => execa('zstd', ['-q', '-3', '--check', '-c'], { input: b, encoding: 'buffer' }).then((r) => r.stdout as unknown as Buffer);
+    const plain = c.members.map((m) => zlib.gunzipSync(m));
+    const members = [await zstd(plain[0]!), c.members[1]!, await zstd(plain[2]!)];
+    const r = await store(Buffer.concat(members));
+    expect(r.exitCode, r.stderr).toBe(0);
+    const names = ['c1_1700000000_Full.tar.zst', 'c1_1700000100.tar.gz', 'c1_1700000200.tar.zst'];
+    expect(r.stdout.trim().split('\n').map((l) => (JSON.parse(l) as Receipt).archive)).toEqual(names);
+    for (const [i, n] of names.entries()) expect((await readFile(path.join(dir, n))).equals(members[i]!)).toBe(true);
+    const plan = await execa(BIN('sbk-plan'), ['c1', '--dir', dir], { reject: false });
+    expect(plan.stdout.split('\n')).toEqual(names.map((n) => path.join(dir, n)));
+    // The same backup again, as gzip: refused, it is there as zstd.
+    const again = await store(c.members[0]!);
+    expect(again.exitCode).toBe(6);
+    expect(again.stderr).toMatch(/c1_1700000000_Full\.tar\.zst already exists/);
+
+    for (const [what, bad] of [
+      ['cut', members[0]!.subarray(0, members[0]!.length - 3)],
+      ['flipped', (() => { const b = Buffer.from(members[0]!); b[Math.floor(b.length / 2)]! ^= 0x40; return b; })()],
+    ] as const) {
+      await rm(dir, { recursive: true, force: true });
+      const e = await store(bad);
+      expect(e.exitCode, `${what}: ${e.stderr}`).toBe(4);
+      expect(e.stderr.trim().split('\n')).toHaveLength(1);
+      expect(e.stdout).toBe('');
+      expect((await readdir(dir).catch(() => [] as string[])).filter((x) => x !== '.locks')).toEqual([]);
+    }
   });
 
   it('refuses a member that holds two archives', async () => {

@@ -2,23 +2,51 @@
 // the same way) sees it: 240 seeded random byte flips and truncations over several real
 // archives, tar cuts exactly at entry boundaries, and a missing trailer. Each is detected (a
 // clean SbkError: corrupt 4, or bad input 3) or provably harmless (the archive still
-// decompresses to exactly the original bytes, e.g. a flip in the gzip header's mtime).
-import { describe, it, expect } from 'vitest';
+// decompresses to exactly the original bytes, e.g. a flip in the gzip header's mtime). The
+// battery runs for each codec (gzip, zstd: the fixtures recompressed with `zstd --check`), read
+// as a stream (member by member, as stdin is) and as a file (the codec's decompressor).
+import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import { verifyInputs } from '../../src/stages/unpack/verify.js';
-import { openArchiveStream } from '../../src/formats/archive/open.js';
+import { openArchiveFile, openArchiveStream } from '../../src/formats/archive/open.js';
 import { SbkError } from '../../src/core/errors.js';
 import { Log } from '../../src/core/log.js';
 import { ROOT } from '../helpers/sandbox.js';
 
 const FIXTURES = path.join(ROOT, 'test/fixtures/archives');
-const archives = readdirSync(FIXTURES)
+const gzipArchives = readdirSync(FIXTURES)
   .filter((n) => /^fx_\d+(_Full)?\.tar\.gz$/.test(n))
   .map((n) => ({ name: n, bytes: readFileSync(path.join(FIXTURES, n)) }));
+
+const zstd = (args: string[], input: Buffer) => spawnSync('zstd', ['-q', ...args], { input, maxBuffer: 1 << 28 });
+
+/** How each codec compresses and decompresses, the battery's own oracle (the standard tools). */
+const CODECS = {
+  gzip: {
+    compress: (b: Buffer) => zlib.gzipSync(b),
+    decompress: (b: Buffer) => zlib.gunzipSync(b),
+  },
+  zstd: {
+    compress: (b: Buffer) => zstd(['-3', '--check', '-c'], b).stdout,
+    decompress: (b: Buffer) => {
+      const r = zstd(['-d', '-c'], b);
+      if (r.status !== 0) throw new Error(r.stderr.toString());
+      return r.stdout;
+    },
+  },
+} as const;
+type CodecName = keyof typeof CODECS;
+
+const SCRATCH = mkdtempSync(path.join(tmpdir(), 'sbk-corruption-'));
+afterAll(() => rmSync(SCRATCH, { recursive: true, force: true }));
+let files = 0;
 
 /** Small deterministic PRNG (mulberry32): the same mutations on every run. */
 function rng(seed: number): () => number {
@@ -32,10 +60,18 @@ function rng(seed: number): () => number {
   };
 }
 
-async function verify(bytes: Buffer): Promise<SbkError | undefined> {
+type Opener = 'stream' | 'file';
+
+async function verifyAs(opener: Opener, bytes: Buffer): Promise<SbkError | undefined> {
   const log = new Log('test', 0);
+  let open = () => openArchiveStream(Readable.from([bytes]), 'mutant');
+  if (opener === 'file') {
+    const file = path.join(SCRATCH, `mutant-${files++}`);
+    writeFileSync(file, bytes);
+    open = () => openArchiveFile(file);
+  }
   try {
-    await verifyInputs([{ source: 'mutant', open: () => openArchiveStream(Readable.from([bytes]), 'mutant') }], {
+    await verifyInputs([{ source: 'mutant', open }], {
       log,
       signal: new AbortController().signal,
     });
@@ -46,9 +82,9 @@ async function verify(bytes: Buffer): Promise<SbkError | undefined> {
   }
 }
 
-function gunzipOrNull(b: Buffer): Buffer | null {
+function decompressOrNull(codec: CodecName, b: Buffer): Buffer | null {
   try {
-    return zlib.gunzipSync(b);
+    return CODECS[codec].decompress(b);
   } catch {
     return null;
   }
@@ -82,7 +118,16 @@ async function entriesOf(tarBytes: Buffer): Promise<[string, string][]> {
   return out;
 }
 
-describe('corrupt archives are detected by --verify (and so by restore)', () => {
+describe.each([
+  ['gzip', 'stream'],
+  ['gzip', 'file'],
+  ['zstd', 'stream'],
+  ['zstd', 'file'],
+] as [CodecName, Opener][])('corrupt %s archives, read as a %s, are detected by --verify (and so by restore)', (codec, opener) => {
+  const { compress, decompress } = CODECS[codec];
+  const archives = gzipArchives.map((a) => ({ name: a.name, bytes: codec === 'gzip' ? a.bytes : compress(zlib.gunzipSync(a.bytes)) }));
+  const verify = (bytes: Buffer) => verifyAs(opener, bytes);
+
   it('has fixtures to mutate', () => {
     expect(archives.length).toBeGreaterThanOrEqual(2);
   });
@@ -97,7 +142,7 @@ describe('corrupt archives are detected by --verify (and so by restore)', () => 
     let harmless = 0;
     for (let i = 0; i < 240; i++) {
       const a = archives[i % archives.length]!;
-      const original = zlib.gunzipSync(a.bytes);
+      const original = decompress(a.bytes);
       const m = Buffer.from(a.bytes);
       let mutant: Buffer;
       if (i % 3 === 2) {
@@ -112,7 +157,7 @@ describe('corrupt archives are detected by --verify (and so by restore)', () => 
         expect([3, 4]).toContain(err.exitCode);
         detected++;
       } else {
-        const out = gunzipOrNull(mutant);
+        const out = decompressOrNull(codec, mutant);
         expect(out && out.equals(original), `mutation ${i} of ${a.name} passed verification with different content`).toBe(true);
         harmless++;
       }
@@ -123,11 +168,11 @@ describe('corrupt archives are detected by --verify (and so by restore)', () => 
 
   it('a tar cut exactly at each entry boundary is detected (the trailer is missing)', async () => {
     for (const a of archives) {
-      const plain = zlib.gunzipSync(a.bytes);
+      const plain = decompress(a.bytes);
       const bounds = entryBoundaries(plain);
       const last = bounds.at(-2)!; // the trailer's header
       for (const b of bounds) {
-        const err = await verify(zlib.gzipSync(plain.subarray(0, b)));
+        const err = await verify(compress(plain.subarray(0, b)));
         if (b > last) {
           expect(err).toBeUndefined(); // only the end-of-archive zero blocks were cut
         } else {
@@ -141,13 +186,13 @@ describe('corrupt archives are detected by --verify (and so by restore)', () => 
   it('flipped bytes inside the uncompressed tar are detected wherever they hit the content', async () => {
     const rand = rng(77);
     for (const a of archives) {
-      const plain = zlib.gunzipSync(a.bytes);
+      const plain = decompress(a.bytes);
       const end = entryBoundaries(plain).at(-1)!;
       for (let i = 0; i < 30; i++) {
         const t = Buffer.from(plain);
         const at = Math.floor(rand() * end);
         t[at]! ^= 0x20;
-        const err = await verify(zlib.gzipSync(t));
+        const err = await verify(compress(t));
         // A flip in tar padding or in header fields sbk does not use (uname, mtime…) changes no
         // entry name or content; anything else must be caught.
         if (err) expect([3, 4]).toContain(err.exitCode);

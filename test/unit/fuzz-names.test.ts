@@ -105,7 +105,9 @@ describe('fuzz: archive and set-directory names', () => {
       fc.property(fc.oneof(validContainer, trickyContainer), timeArb, fc.boolean(), fc.constantFrom('', '/var/backups/', './', 'rel/dir/'), (container, time, full, dir) => {
         const file = archiveFileName(container, time, full);
         expect(file).toBe(`${backupName(container, time, full)}.tar.gz`);
-        expect(parseArchiveName(dir + file)).toEqual({ container, time, full });
+        expect(parseArchiveName(dir + file)).toEqual({ container, time, full, suffix: '.tar.gz' });
+        const zst = archiveFileName(container, time, full, '.tar.zst');
+        expect(parseArchiveName(dir + zst)).toEqual({ container, time, full, suffix: '.tar.zst' });
         // The changelog sidecar is never taken for an archive.
         expect(parseArchiveName(changelogFileName(container, time))).toBeUndefined();
       }),
@@ -126,8 +128,8 @@ describe('fuzz: archive and set-directory names', () => {
   it('parseArchiveName on any string: undefined, or a name that formats back to the same file name', () => {
     const fileish = fc.oneof(
       anyName,
-      fc.tuple(anyName, fc.constantFrom('_', '__', '_0', '_01', '_1477297700', '_1477297700000', '_-1'), fc.constantFrom('', '_Full', '_full', '_Full_Full'), fc.constantFrom('.tar.gz', '.tar', '.tar.gz.tmp', '')).map((p) => p.join('')),
-      fc.tuple(fc.oneof(validContainer, trickyContainer), fc.stringMatching(/^_\d{1,14}(_Full)?\.tar\.gz$/)).map(([c, s]) => c + s),
+      fc.tuple(anyName, fc.constantFrom('_', '__', '_0', '_01', '_1477297700', '_1477297700000', '_-1'), fc.constantFrom('', '_Full', '_full', '_Full_Full'), fc.constantFrom('.tar.gz', '.tar.zst', '.tar', '.tar.gz.tmp', '.zst', '')).map((p) => p.join('')),
+      fc.tuple(fc.oneof(validContainer, trickyContainer), fc.stringMatching(/^_\d{1,14}(_Full)?\.tar\.(gz|zst)$/)).map(([c, s]) => c + s),
     );
     fc.assert(
       fc.property(fileish, (name) => {
@@ -135,7 +137,7 @@ describe('fuzz: archive and set-directory names', () => {
         if (p === undefined) return;
         expect(isValidContainerName(p.container)).toBe(true);
         expect(Number.isSafeInteger(p.time) && p.time >= 0).toBe(true);
-        expect(archiveFileName(p.container, p.time, p.full)).toBe(path.basename(name));
+        expect(archiveFileName(p.container, p.time, p.full, p.suffix)).toBe(path.basename(name));
       }),
       { seed: 4247, numRuns: 3000 },
     );

@@ -42,7 +42,7 @@ describe('--help without yargs', () => {
 
   it('lists every option, its alias and type (sbk-pack)', async () => {
     const text = (await helpWithoutYargs(specs.find((s) => s.name === 'sbk-pack')!, 100))!;
-    for (const s of ['--lxc-dir', '-q, --quiet', '-h, --help', '--version', '-o, --output', '-T, --threads', '--progress', '[default: 6]'])
+    for (const s of ['--lxc-dir', '-q, --quiet', '-h, --help', '--version', '-o, --output', '-T, --threads', '--progress', '[default: "gzip"]'])
       expect(text).toContain(s);
   });
 

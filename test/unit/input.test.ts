@@ -94,7 +94,7 @@ describe('sniff', () => {
   });
 
   it('describes every kind in words', () => {
-    const kinds: InputKind[] = ['empty', 'gzip', 'tar', 'ndjson', 'btrfs-stream', 'text', 'binary'];
+    const kinds: InputKind[] = ['empty', 'gzip', 'zstd', 'tar', 'ndjson', 'btrfs-stream', 'text', 'binary'];
     for (const k of kinds) expect(describeKind[k]).toMatch(/^[a-zA-Z]/);
     expect(Object.keys(describeKind).sort()).toEqual([...kinds].sort());
   });

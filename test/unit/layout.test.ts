@@ -13,6 +13,8 @@ import {
   archiveFileName,
   changelogFileName, legacyChangelogFileName,
   parseArchiveName,
+  ARCHIVE_SUFFIXES,
+  archiveFileNames,
   parseSetDirName,
   partialSetName,
   formatTime,
@@ -161,16 +163,16 @@ describe('names of backups, sets, archives and changelogs', () => {
 
 describe('parseArchiveName', () => {
   it('parses incrementals and Fulls', () => {
-    expect(parseArchiveName('c1_1477297700.tar.gz')).toEqual({ container: 'c1', time: 1477297700, full: false });
-    expect(parseArchiveName('c1_1477297700_Full.tar.gz')).toEqual({ container: 'c1', time: 1477297700, full: true });
+    expect(parseArchiveName('c1_1477297700.tar.gz')).toEqual({ container: 'c1', time: 1477297700, full: false, suffix: '.tar.gz' });
+    expect(parseArchiveName('c1_1477297700_Full.tar.gz')).toEqual({ container: 'c1', time: 1477297700, full: true, suffix: '.tar.gz' });
   });
 
   it('takes the time from the right: container names may hold _ and digits', () => {
-    expect(parseArchiveName('web_2_1477297700.tar.gz')).toEqual({ container: 'web_2', time: 1477297700, full: false });
-    expect(parseArchiveName('web_2_1477297700_Full.tar.gz')).toEqual({ container: 'web_2', time: 1477297700, full: true });
-    expect(parseArchiveName('a_1_2_3.tar.gz')).toEqual({ container: 'a_1_2', time: 3, full: false });
-    expect(parseArchiveName('x_Full_12.tar.gz')).toEqual({ container: 'x_Full', time: 12, full: false });
-    expect(parseArchiveName('x_Full_12_Full.tar.gz')).toEqual({ container: 'x_Full', time: 12, full: true });
+    expect(parseArchiveName('web_2_1477297700.tar.gz')).toEqual({ container: 'web_2', time: 1477297700, full: false, suffix: '.tar.gz' });
+    expect(parseArchiveName('web_2_1477297700_Full.tar.gz')).toEqual({ container: 'web_2', time: 1477297700, full: true, suffix: '.tar.gz' });
+    expect(parseArchiveName('a_1_2_3.tar.gz')).toEqual({ container: 'a_1_2', time: 3, full: false, suffix: '.tar.gz' });
+    expect(parseArchiveName('x_Full_12.tar.gz')).toEqual({ container: 'x_Full', time: 12, full: false, suffix: '.tar.gz' });
+    expect(parseArchiveName('x_Full_12_Full.tar.gz')).toEqual({ container: 'x_Full', time: 12, full: true, suffix: '.tar.gz' });
   });
 
   it('uses only the base name of a path', () => {
@@ -178,6 +180,7 @@ describe('parseArchiveName', () => {
       container: 'c1',
       time: 12,
       full: true,
+      suffix: '.tar.gz',
     });
   });
 
@@ -185,7 +188,15 @@ describe('parseArchiveName', () => {
     for (const container of ['c1', 'web_2', 'a_1_Full', 'x.y+z', 'c'.repeat(100)])
       for (const time of [0, 1, 1477297700, 999999999999])
         for (const full of [false, true])
-          expect(parseArchiveName(archiveFileName(container, time, full))).toEqual({ container, time, full });
+          for (const suffix of ARCHIVE_SUFFIXES)
+            expect(parseArchiveName(archiveFileName(container, time, full, suffix))).toEqual({ container, time, full, suffix });
+  });
+
+  it('parses zstd archives (.tar.zst) as gzip ones, and no other suffix', () => {
+    expect(parseArchiveName('c1_1477297700_Full.tar.zst')).toEqual({ container: 'c1', time: 1477297700, full: true, suffix: '.tar.zst' });
+    for (const n of ['c1_1477297700.tar.zstd', 'c1_1477297700.zst', 'c1_1477297700.tar.zst.gpg', 'c1_1477297700.tar.xz'])
+      expect(parseArchiveName(n), n).toBeUndefined();
+    expect(archiveFileNames('c1', 5, false)).toEqual(['c1_5.tar.gz', 'c1_5.tar.zst']);
   });
 
   it.each([
@@ -222,7 +233,7 @@ describe('parseArchiveName', () => {
   it('refuses times with leading zeros (they would not round-trip to the same file name)', () => {
     expect(parseArchiveName('c1_01477297700.tar.gz')).toBeUndefined();
     expect(parseArchiveName('c1_00.tar.gz')).toBeUndefined();
-    expect(parseArchiveName('c1_0.tar.gz')).toEqual({ container: 'c1', time: 0, full: false });
+    expect(parseArchiveName('c1_0.tar.gz')).toEqual({ container: 'c1', time: 0, full: false, suffix: '.tar.gz' });
   });
 });
 

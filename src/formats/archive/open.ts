@@ -1,5 +1,6 @@
 // Opening archives: a file or a stream (stdin, a pipe from ssh) as an uncompressed tar stream,
-// the compression told by its first bytes; and reading only an archive's first entry (its
+// the compression told by its first bytes (a stream's at each archive: gzip and zstd archives
+// may follow each other); and reading only an archive's first entry (its
 // manifest) without decompressing the deltas.
 import { createReadStream } from 'node:fs';
 import { pipeline, type Readable } from 'node:stream';
@@ -8,6 +9,7 @@ import type { Manifest } from './manifest.js';
 import { streamFault } from './faults.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { codecForMagic } from '../codecs/codec.js';
+import { decompressMembers } from '../codecs/members.js';
 import { peekStream, sniff, describeKind } from '../input.js';
 
 /**
@@ -29,11 +31,18 @@ export async function openArchiveFile(file: string): Promise<Readable> {
     if (code === 'EISDIR') throw new SbkError(`${file} is a directory, not an archive`, ExitCode.badInput);
     throw new SbkError(`${file}: cannot open (${(err as Error).message})`, ExitCode.failure, { cause: err });
   }
-  return openArchiveStream(input, file);
+  return openArchive(input, file, false);
 }
 
-/** The same for a stream (stdin): compressed or plain tar, told apart by the first bytes. */
-export async function openArchiveStream(input: Readable, source: string): Promise<Readable> {
+/**
+ * The same for a stream (stdin): compressed or plain tar, told apart by the first bytes; a
+ * compressed stream may hold archives of different codecs, one after another.
+ */
+export function openArchiveStream(input: Readable, source: string): Promise<Readable> {
+  return openArchive(input, source, true);
+}
+
+async function openArchive(input: Readable, source: string, mixed: boolean): Promise<Readable> {
   let head: Buffer;
   let stream: Readable;
   try {
@@ -52,7 +61,10 @@ export async function openArchiveStream(input: Readable, source: string): Promis
       ExitCode.badInput,
     );
   }
-  // The decompressor reads concatenated members (`cat a.tar.gz b.tar.gz`) as one stream.
+  // A stream is read member by member, each by its own codec. A file is one archive (what
+  // sbk-pack stores): its codec's decompressor reads it in one go (it also reads concatenated
+  // members of its own format, `cat a.tar.gz b.tar.gz > c.tar.gz`).
+  if (mixed) return decompressMembers(stream, source);
   const plain = codec.decompress();
   // Errors of either end reach the decompressor, which readArchives listens to; destroying it
   // closes the input.

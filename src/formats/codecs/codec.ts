@@ -1,12 +1,15 @@
 // The compression formats sbk reads and writes, behind one interface, and their registry. A
 // stage never names a format's library: it asks for a codec by name (sbk-pack's compressor) or by
 // the first bytes of its input (opening an archive, sniffing stdin). Adding a format is one module
-// exporting a Codec plus its line in `codecs` below.
+// exporting a Codec plus its line in `codecs` below, its name, suffix and levels in names.ts, and
+// its suffix in core/layout.ts's list.
 import type { Duplex, Readable } from 'node:stream';
+import type { ByteReader } from './byte-reader.js';
 import { gzipCodec } from './gzip.js';
+import { zstdCodec } from './zstd.js';
 
 export interface CompressOptions {
-  /** Compression level (the codec's own scale; gzip: 1..9). */
+  /** Compression level (the codec's own scale, its `levels`). */
   level?: number;
   /** Worker threads, for codecs that compress in parallel. */
   threads?: number;
@@ -39,10 +42,10 @@ export interface CompressedMember {
 
 export interface MemberReader {
   /**
-   * The next member, or undefined at the end of the input. `name()` gives the name of the
-   * member's archive once it is known, for messages.
+   * The next member (of whichever codec its magic bytes name), or undefined at the end of the
+   * input. `name()` gives the name of the member's archive once it is known, for messages.
    */
-  next(name: () => string | undefined): Promise<CompressedMember | undefined>;
+  next(name: () => string | undefined): Promise<(CompressedMember & { codec: Codec }) | undefined>;
   /** Stops reading the input. */
   destroy(): void;
 }
@@ -54,6 +57,8 @@ export interface Codec {
   readonly suffix: string;
   /** The first bytes of every compressed stream of this format. */
   readonly magic: Buffer;
+  /** The levels sbk-pack --level takes, and the one it uses unless told. */
+  readonly levels: { readonly min: number; readonly max: number; readonly default: number };
   /** How input of this format is described in messages (see formats/input.ts). */
   readonly description: string;
   /** A Duplex: bytes in, one compressed member out. */
@@ -62,12 +67,15 @@ export interface Codec {
   decompress(): Duplex;
   /** True for the errors of a corrupt or cut compressed stream (as opposed to I/O errors). */
   isDataError(err: Error): boolean;
-  /** Splits a stream of concatenated members, for `sbk-pack --store`. */
-  members(input: Readable, source: string): MemberReader;
+  /**
+   * The member that starts at the reader's position (its magic bytes are there), for reading a
+   * stream member by member (members.ts). `index` and `name()` are for messages.
+   */
+  member(reader: ByteReader, index: number, source: string, name: () => string | undefined): Promise<CompressedMember>;
 }
 
 /** Every codec, the default (what sbk-pack writes unless told otherwise) first. */
-export const codecs = [gzipCodec] as const satisfies readonly Codec[];
+export const codecs = [gzipCodec, zstdCodec] as const satisfies readonly Codec[];
 
 export type CodecName = (typeof codecs)[number]['name'];
 

@@ -1,93 +1,26 @@
-// Splitting a stream of concatenated gzip members (RFC 1952), as `sbk-pack -o -` writes them (one
-// member per archive), for `sbk-pack --store`: each member's bytes are handed out exactly as read,
+// One gzip member (RFC 1952) of a stream of concatenated members, as `sbk-pack -o -` writes them
+// (one member per archive), for `sbk-pack --store` and streams on sbk-unpack's stdin (members.ts
+// walks the stream, codec by codec): the member's bytes are handed out exactly as read,
 // to be stored as they are, while a raw inflater (one per member: zlib stops at the end of the
 // deflate data and says how much input it used, which is how the member's end is found) gives
 // its content, and the member's trailer (CRC-32, length) is checked against that content.
-import { Transform, type Readable } from 'node:stream';
+import { Transform } from 'node:stream';
 import zlib from 'node:zlib';
 import { SbkError, ExitCode } from '../../core/errors.js';
-import type { CompressedMember, MemberReader } from './codec.js';
+import type { CompressedMember } from './codec.js';
+import type { ByteReader } from './byte-reader.js';
 import { crc32 } from './crc32.js';
-
-/** Pulls the input chunk by chunk, with room to push back what belongs to the next member. */
-class ByteReader {
-  private readonly it: AsyncIterator<Buffer>;
-  private pending: Buffer[] = [];
-  /** Bytes handed out so far (for messages). */
-  offset = 0;
-  constructor(private readonly stream: Readable) {
-    this.it = (stream as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
-  }
-  async next(): Promise<Buffer | undefined> {
-    let b = this.pending.shift();
-    if (!b) {
-      const r = await this.it.next();
-      if (r.done) return undefined;
-      b = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
-    }
-    this.offset += b.length;
-    return b;
-  }
-  unshift(b: Buffer): void {
-    if (b.length === 0) return;
-    this.offset -= b.length;
-    this.pending.unshift(b);
-  }
-  /** Exactly n bytes, or fewer at the end of the input. */
-  async read(n: number): Promise<Buffer> {
-    const parts: Buffer[] = [];
-    let have = 0;
-    while (have < n) {
-      const b = await this.next();
-      if (!b) break;
-      const take = Math.min(n - have, b.length);
-      parts.push(b.subarray(0, take));
-      this.unshift(b.subarray(take));
-      have += take;
-    }
-    return Buffer.concat(parts);
-  }
-  /** Up to and including the next zero byte (a gzip FNAME/FCOMMENT field). */
-  async readZeroTerminated(limit: number): Promise<Buffer | undefined> {
-    const parts: Buffer[] = [];
-    let have = 0;
-    for (;;) {
-      const b = await this.next();
-      if (!b) return undefined;
-      const z = b.indexOf(0);
-      if (z >= 0) {
-        parts.push(b.subarray(0, z + 1));
-        this.unshift(b.subarray(z + 1));
-        return Buffer.concat(parts);
-      }
-      parts.push(b);
-      have += b.length;
-      if (have > limit) return undefined;
-    }
-  }
-  destroy(): void {
-    this.stream.destroy();
-  }
-}
 
 const GZ_FHCRC = 2;
 const GZ_FEXTRA = 4;
 const GZ_FNAME = 8;
 const GZ_FCOMMENT = 16;
 
-/** Reads one gzip member header; undefined at the end of the input. */
-async function readGzipHeader(r: ByteReader, index: number, source: string): Promise<Buffer | undefined> {
+/** Reads one gzip member header (members.ts saw its magic bytes). */
+async function readGzipHeader(r: ByteReader, index: number, source: string): Promise<Buffer> {
   const at = `gzip member ${index + 1} (byte ${r.offset})`;
   const cut = () => new SbkError(`${source}: the gzip stream is cut short in the header of ${at}`, ExitCode.corrupt);
   const fixed = await r.read(10);
-  if (fixed.length === 0) return undefined;
-  if (fixed[0] !== 0x1f || (fixed.length > 1 && fixed[1] !== 0x8b))
-    throw new SbkError(
-      index === 0
-        ? `${source}: not gzip data`
-        : `${source}: ${fixed.length < 10 ? 'a few' : 'more'} bytes after archive ${index} that are not a gzip member (trailing garbage)`,
-      index === 0 ? ExitCode.badInput : ExitCode.corrupt,
-    );
   if (fixed.length < 10) throw cut();
   if (fixed[2] !== 8) throw new SbkError(`${source}: ${at} uses compression method ${fixed[2]}, not deflate`, ExitCode.corrupt);
   const flags = fixed[3]!;
@@ -201,30 +134,8 @@ class GzipMember implements CompressedMember {
   }
 }
 
-class GzipMemberReader implements MemberReader {
-  private readonly reader: ByteReader;
-  private index = 0;
-  constructor(
-    input: Readable,
-    private readonly source: string,
-  ) {
-    this.reader = new ByteReader(input);
-  }
-
-  async next(name: () => string | undefined): Promise<CompressedMember | undefined> {
-    const index = this.index;
-    const header = await readGzipHeader(this.reader, index, this.source);
-    if (!header) return undefined;
-    this.index++;
-    return new GzipMember(this.reader, header, index, this.source, name);
-  }
-
-  destroy(): void {
-    this.reader.destroy();
-  }
-}
-
-/** The members of a gzip stream, one after another. `source` names the input in messages. */
-export function gzipMembers(input: Readable, source: string): MemberReader {
-  return new GzipMemberReader(input, source);
+/** The gzip member that starts at the reader's position. `source` names the input in messages. */
+export async function gzipMember(reader: ByteReader, index: number, source: string, name: () => string | undefined): Promise<CompressedMember> {
+  const header = await readGzipHeader(reader, index, source);
+  return new GzipMember(reader, header, index, source, name);
 }

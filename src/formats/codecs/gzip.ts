@@ -9,7 +9,8 @@ import { availableParallelism } from 'node:os';
 import zlib from 'node:zlib';
 import type { Codec, CodecCounters } from './codec.js';
 import { crc32 } from './crc32.js';
-import { gzipMembers } from './gzip-members.js';
+import { gzipMember } from './gzip-members.js';
+import { CODEC_INFO } from './names.js';
 
 export interface GzipOptions {
   /** zlib level 1..9 (default 6, like gzip). */
@@ -244,8 +245,7 @@ export function createGunzip(): zlib.Gunzip {
 }
 
 export const gzipCodec = {
-  name: 'gzip',
-  suffix: '.tar.gz',
+  ...CODEC_INFO.gzip,
   magic: Buffer.from([0x1f, 0x8b]),
   description: 'gzip-compressed data (an sbk archive? sbk-pack output?)',
   compress: (opts) => createGzipCompressor(opts),
@@ -253,5 +253,5 @@ export const gzipCodec = {
   isDataError: (err) =>
     ((err as NodeJS.ErrnoException).code ?? '').startsWith('Z_') ||
     /incorrect header check|invalid (block|stored|distance|code)|unexpected end of file/i.test(err.message),
-  members: gzipMembers,
+  member: gzipMember,
 } as const satisfies Codec;

@@ -16,15 +16,15 @@ import { createAtomicFile, removeStaleTemps, WRITE_BEHIND_BYTES, type AtomicFile
 import { endStream } from '../../core/streams.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { peekStream, sniff, describeKind } from '../../formats/input.js';
-import { archiveFileName, changelogFileName, setDirName, type Dirs } from '../../core/layout.js';
+import { archiveFileName, archiveFileNames, changelogFileName, setDirName, type Dirs } from '../../core/layout.js';
 import { confirmBackupSet, discardFailedSet } from '../../system/sets.js';
 import { backupLockFile, withLock } from '../../system/lock.js';
 import type { Log } from '../../core/log.js';
 import type { ProgressHooks } from '../../core/progress.js';
 
 export type PackTarget =
-  | { kind: 'store'; dirs: Dirs } // <backup-dir>/<name>.tar.gz + sidecar + confirmation
-  | { kind: 'dir'; dir: string } // --store DIR: <DIR>/<name>.tar.gz + sidecar, no confirmation
+  | { kind: 'store'; dirs: Dirs } // <backup-dir>/<name>.tar.gz (.tar.zst) + sidecar + confirmation
+  | { kind: 'dir'; dir: string } // --store DIR: <DIR>/<name>.tar.gz (.tar.zst) + sidecar, no confirmation
   | { kind: 'file'; path: string } // -o FILE: exactly one archive
   | { kind: 'stdout' }; // -o -: compressed members one after another
 
@@ -40,7 +40,8 @@ export interface StoredArchive {
 export interface CompressionOptions {
   /** The codec's name (default: gzip). */
   codec?: string;
-  level: number;
+  /** In the codec's range (its `levels`); its default when not given. */
+  level?: number;
   threads?: number;
   /** Each archive's compression: started (with the compressor's counters, which progress reads), ended once stored. */
   progress?: Omit<ProgressHooks<ArchiveCompression>, 'add'>;
@@ -63,7 +64,7 @@ export interface PackOptions extends CompressionOptions {
 }
 
 /** The codec named in `opts` (gzip when none is). */
-function codecOf(opts: { codec?: string }): Codec {
+export function codecOf(opts: { codec?: string }): Codec {
   if (opts.codec === undefined) return DEFAULT_CODEC;
   const codec = codecByName(opts.codec);
   if (!codec) throw new SbkError(`unknown compression ${JSON.stringify(opts.codec)}`, ExitCode.usage);
@@ -99,10 +100,20 @@ async function checkInput(source: Readable): Promise<Readable> {
   throw new SbkError(`expected the tar stream of sbk-send on stdin, got ${describeKind[kind]}${hint}`, ExitCode.badInput);
 }
 
-/** Fails before the work when the final name is taken; the final link() checks again (no clobbering). */
-export async function refuseExisting(finalPath: string): Promise<void> {
-  if (await stat(finalPath).then(() => true, () => false))
-    throw new SbkError(`${finalPath} already exists; not overwriting it`, ExitCode.conflict);
+/**
+ * Fails when one of the paths is taken: the final name, and in a store the backup's name with
+ * another codec's suffix (one backup, one archive). Checked before the work, and again under the
+ * lock before the final link(), which itself never clobbers.
+ */
+export async function refuseExisting(paths: string[]): Promise<void> {
+  for (const p of paths)
+    if (await stat(p).then(() => true, () => false)) throw new SbkError(`${p} already exists; not overwriting it`, ExitCode.conflict);
+}
+
+/** What refuseExisting checks for an archive stored in `dir` (or written to -o FILE). */
+function takenNames(o: { manifest: Manifest; finalPath: string }, dir: string | undefined): string[] {
+  const m = o.manifest;
+  return dir ? archiveFileNames(m.container, m.time, m.full).map((n) => path.join(dir, n)) : [o.finalPath];
 }
 
 /**
@@ -209,8 +220,7 @@ async function startArchive(manifest: Manifest, opts: PackOptions, storedSoFar: 
     throw new SbkError(`-o ${target.path} takes one archive, but the input holds more (${manifest.name} is the second)`, ExitCode.usage);
   const pack = tar.pack();
   const digest = digestStream();
-  const compressor: Duplex & CodecCounters = codecOf(opts).compress({ level: opts.level, threads: opts.threads });
-  opts.progress?.start({ manifest, counters: compressor });
+  const codec = codecOf(opts);
   let file: AtomicFile | undefined;
   let finalPath = '-';
   let sink: Writable;
@@ -220,11 +230,13 @@ async function startArchive(manifest: Manifest, opts: PackOptions, storedSoFar: 
     finalPath =
       target.kind === 'file'
         ? path.resolve(target.path)
-        : path.join(storeDir(target)!, archiveFileName(manifest.container, manifest.time, manifest.full));
-    await refuseExisting(finalPath);
+        : path.join(storeDir(target)!, archiveFileName(manifest.container, manifest.time, manifest.full, codec.suffix));
+    await refuseExisting(takenNames({ manifest, finalPath }, storeDir(target)));
     file = await createAtomicFile(finalPath, 0o644, { writeBehind: WRITE_BEHIND_BYTES });
     sink = file.stream;
   }
+  const compressor: Duplex & CodecCounters = codec.compress({ level: opts.level, threads: opts.threads });
+  opts.progress?.start({ manifest, counters: compressor });
   const piping = pipeline(pack, compressor, digest, sink, { end: target.kind !== 'stdout', signal: opts.signal });
   piping.catch(() => {}); // handled where awaited; reading the input may fail first
   return { manifest, pack, piping, digest, file, finalPath };
@@ -245,7 +257,9 @@ async function finishArchive(o: Packing, opts: PackOptions): Promise<StoredArchi
   await o.piping;
   const m = o.manifest;
   const result: StoredArchive = { name: m.name, path: o.finalPath, size: o.digest.size, sha256: o.digest.sha256(), manifest: m };
+  const dir = storeDir(target);
   const place = async () => {
+    if (dir) await refuseExisting(takenNames(o, dir));
     if (o.file) await o.file.commit({ noClobber: true });
     // Sidecar after the archive: a killed run may leave an archive without its changelog,
     // never a changelog that points at no archive.
@@ -254,7 +268,6 @@ async function finishArchive(o: Packing, opts: PackOptions): Promise<StoredArchi
   };
   // Storing and confirming happen under the container's lock (pruning takes it too). The
   // hold is short, so wait for it rather than fail a whole backup.
-  const dir = storeDir(target);
   if (dir) await withLock(backupLockFile(dir, m.container), { holder: `sbk-pack ${m.name}`, wait: 600, signal: opts.signal }, place);
   else await place();
   opts.progress?.end();

@@ -13,7 +13,7 @@ import { linkProblem } from '../../formats/archive/links.js';
 
 export interface ArchiveFile {
   path: string;
-  /** Base name, `<c>_<time>[_Full].tar.gz`. */
+  /** Base name, `<c>_<time>[_Full].tar.gz` (or `.tar.zst`). */
   file: string;
   size: number;
   /** From the manifest when there is one, else from the file name. */

@@ -6,7 +6,7 @@
 import { access, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { chainTo, scanStore, type ArchiveFile } from './chain.js';
-import { archiveFileName, changelogFileName, formatTime, legacyChangelogFileName, parseArchiveName } from '../../core/layout.js';
+import { archiveFileNames, changelogFileName, formatTime, legacyChangelogFileName, parseArchiveName } from '../../core/layout.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
 import { fsyncDir } from '../../system/atomic.js';
@@ -174,14 +174,15 @@ const isThere = (p: string) =>
 /**
  * The files to remove for one archive, in order: its changelog sidecars (if there), then the
  * archive. A Full's sidecar may also have the name sbk gave it before (`<c>_<time>_changelog.txt`);
- * that one is the Full's only while no incremental `<c>_<time>.tar.gz` owns that name.
+ * that one is the Full's only while no incremental `<c>_<time>.tar.gz` (or `.tar.zst`) owns that name.
  */
 export async function filesOf(a: ArchiveFile): Promise<string[]> {
   const dir = path.dirname(a.path);
   // Named after the archive's file, as the store named it.
   const f = parseArchiveName(a.file) ?? a;
   const names = [changelogFileName(f.container, f.time, f.full)];
-  if (f.full && !(await isThere(path.join(dir, archiveFileName(f.container, f.time, false)))))
+  const incrementals = archiveFileNames(f.container, f.time, false).map((n) => path.join(dir, n));
+  if (f.full && !(await Promise.all(incrementals.map(isThere))).some(Boolean))
     names.push(legacyChangelogFileName(f.container, f.time));
   const sidecars: string[] = [];
   for (const n of names) if (await isThere(path.join(dir, n))) sidecars.push(path.join(dir, n));

@@ -12,7 +12,7 @@ import { openArchiveStream, readError } from '../../formats/archive/open.js';
 
 /**
  * `--names`: the backups of `container` among the archive file names read from `input` (one per
- * line, `<c>_<time>[_Full].tar.gz`, as `ls -1` prints them), at or before `at`, oldest first (a
+ * line, `<c>_<time>[_Full].tar.gz` or `.tar.zst`, with any suffix after it such as `.gpg`, as `ls -1` prints them), at or before `at`, oldest first (a
  * Full before an incremental of the same second). Other lines are skipped. None: exit 5.
  */
 export async function namesIn(input: Readable, container: string, at: number | undefined): Promise<string[]> {

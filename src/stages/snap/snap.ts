@@ -9,7 +9,7 @@ import { mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { SbkError, ExitCode } from '../../core/errors.js';
-import { PARTIAL_SET_RE, RUN_FILE, archiveFileName, backupName, checkContainerName, partialSetName, setDirName, type Dirs } from '../../core/layout.js';
+import { PARTIAL_SET_RE, RUN_FILE, archiveFileNames, backupName, checkContainerName, partialSetName, setDirName, type Dirs } from '../../core/layout.js';
 import { isSubvolume, snapshot, subvolumeInfo, subvolumeInfos } from '../../system/btrfs.js';
 import { writeFileAtomic } from '../../system/atomic.js';
 import { backupLockFile, withLock } from '../../system/lock.js';
@@ -271,9 +271,12 @@ async function localChainGap(dirs: Dirs, container: string, set: SetRef): Promis
   if (!c || confirmedByReceipt(c)) return undefined;
   let link: { time: number; full: boolean } | null = set;
   for (let seen = 0; link && seen < 100_000; seen++) {
-    const name = archiveFileName(container, link.time, link.full);
+    // Under the name of whichever codec made it.
+    const names = archiveFileNames(container, link.time, link.full);
+    let name: string | undefined;
+    for (const n of names) if (await stat(path.join(dirs.backupDir, n)).then((st) => st.isFile(), () => false)) name ??= n;
+    if (!name) return `${names[0]} (or ${names.slice(1).join(', ')}) is not in ${dirs.backupDir}`;
     const file = path.join(dirs.backupDir, name);
-    if (!(await stat(file).then((st) => st.isFile(), () => false))) return `${name} is not in ${dirs.backupDir}`;
     if (link.full) return undefined;
     let head;
     try {

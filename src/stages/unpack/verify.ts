@@ -1,5 +1,5 @@
 // sbk-unpack --verify: every archive read whole, as a restore reads it, and nothing written:
-// gzip, tar, every sha256 against the trailer, and each volume's send stream command by command,
+// gzip or zstd, tar, every sha256 against the trailer, and each volume's send stream command by command,
 // each incremental also against the tree its parent leaves (a names-only model of each volume,
 // formats/sendstream/tree-model.ts), when its parent was checked before it.
 import path from 'node:path';
@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import { readArchives } from '../../formats/archive/archive.js';
 import { readError } from '../../formats/archive/open.js';
 import { SbkError } from '../../core/errors.js';
+import { backupName } from '../../core/layout.js';
 import type { Log } from '../../core/log.js';
 import { formatBytes } from '../../core/progress.js';
 import { TreeModel } from '../../formats/sendstream/tree-model.js';
@@ -91,7 +92,7 @@ async function verifyStream(
         legacy = false;
       } else if (e.manifest.format === 0 && !legacy) {
         legacy = true;
-        name = input.nameInfo ? path.basename(input.source).replace(/\.tar\.gz$/, '') : input.source;
+        name = input.nameInfo ? backupName(input.nameInfo.container, input.nameInfo.time, input.nameInfo.full) : input.source;
         bytes = 0;
         volumes = 0;
         log.warn(`${name} is an archive of the original Subutai tool: it carries no checksums`);
