@@ -1,24 +1,22 @@
-// `sbk-pack --store DIR`: the receiving end of a remote backup. Stores every archive of the input
-// in DIR under its own name, with its changelog sidecar, under the container's lock of DIR, and
-// confirms nothing (DIR's host may hold no snapshots). The input is the compressed stream of
-// `sbk-pack -o -` (the sender's bytes are kept as they are, verified on the way in) or the tar
-// stream of sbk-send (compressed here, as sbk-pack does).
+// `sbk-pack --store DIR|s3://BUCKET/PREFIX`: the receiving end of a remote backup. Stores every
+// archive of the input in the store (system/store.ts) under its own name, with its changelog
+// sidecar, under the container's lock of DIR, and confirms nothing (the store's host may hold no
+// snapshots). The input is the compressed stream of `sbk-pack -o -` (the sender's bytes are kept
+// as they are, verified on the way in) or, into a DIR, the tar stream of sbk-send (compressed
+// here, as sbk-pack does).
 import { createHash } from 'node:crypto';
-import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { readArchives, type Manifest } from '../../formats/archive/archive.js';
 import { codecForMagic, type Codec, type CompressedMember } from '../../formats/codecs/codec.js';
-import { createAtomicFile, WRITE_BEHIND_BYTES, type AtomicFile } from '../../system/atomic.js';
-import { endStream, writeChunk } from '../../core/streams.js';
+import { isS3Url, type ArchiveStore, type StoreWriter } from '../../system/store.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { peekStream, sniff, describeKind } from '../../formats/input.js';
 import { archiveFileName, changelogFileName } from '../../core/layout.js';
-import { backupLockFile, withLock } from '../../system/lock.js';
 import type { Log } from '../../core/log.js';
-import { packArchives, refuseExisting, removeLeftovers, type CompressionOptions, type StoredArchive } from './pack.js';
+import { packArchives, type CompressionOptions, type StoredArchive } from './pack.js';
 
 export interface StoreOptions extends CompressionOptions {
-  dir: string;
+  store: ArchiveStore;
   log: Log;
   signal?: AbortSignal;
   onStored?: (a: StoredArchive) => Promise<void> | void;
@@ -30,7 +28,13 @@ export async function storeArchives(source: Readable, opts: StoreOptions): Promi
   const codec = codecForMagic(head);
   if (codec) return storeCompressedArchives(stream, codec, opts);
   const kind = sniff(head);
-  if (kind === 'tar') return packArchives(stream, { ...opts, target: { kind: 'dir', dir: opts.dir } });
+  if (kind === 'tar') {
+    if (isS3Url(opts.store.location)) {
+      stream.destroy();
+      throw new SbkError(`${opts.store.location} takes the compressed stream of sbk-pack -o -, not the tar stream of sbk-send (pipe it through sbk-pack -o - first)`, ExitCode.badInput);
+    }
+    return packArchives(stream, { ...opts, target: { kind: 'dir', dir: opts.store.location } });
+  }
   stream.destroy();
   if (kind === 'empty') throw new SbkError('no input (did the stage before fail?): expected the output of sbk-pack -o - (or of sbk-send) on stdin', ExitCode.badInput);
   throw new SbkError(
@@ -44,20 +48,21 @@ export async function storeArchives(source: Readable, opts: StoreOptions): Promi
 /** What the reader of one member's tar learnt: the manifest, the changelog sidecar, the trailer. */
 interface MemberState {
   manifest?: Manifest;
-  changelog?: AtomicFile;
+  changelog?: StoreWriter;
   verified: boolean;
 }
 
 /**
- * The compressed stream of `sbk-pack -o -`: one member per archive. Each member's bytes go to a
- * temporary file in DIR as they are, and its content into the archive reader. Only when the
- * member's own check (gzip: CRC-32, length) and the archive's trailer (every sha256) pass is the
- * file linked under its final name: the stored file is exactly what the sender wrote, and a cut
- * or corrupt stream leaves nothing under a final name.
+ * The compressed stream of `sbk-pack -o -`: one member per archive. Each member's bytes go to the
+ * store as they are (a temporary file in DIR, a multipart upload), and its content into the
+ * archive reader. Only when the member's own check (gzip: CRC-32, length) and the archive's
+ * trailer (every sha256) pass is the file linked under its final name (the upload completed):
+ * the stored file is exactly what the sender wrote, and a cut or corrupt stream leaves nothing
+ * under a final name.
  */
 async function storeCompressedArchives(stream: Readable, codec: Codec, opts: StoreOptions): Promise<StoredArchive[]> {
-  const { dir, log, signal } = opts;
-  await removeLeftovers(dir, log, (n) => `removing ${n}, left by a transfer that did not finish`);
+  const { store, log, signal } = opts;
+  await store.sweep(log);
   const members = codec.members(stream, 'stdin');
   const stored: StoredArchive[] = [];
   try {
@@ -83,7 +88,14 @@ async function storeCompressedArchives(stream: Readable, codec: Codec, opts: Sto
 }
 
 /** Reads the one archive of a member (verifying every sha256 against its trailer). */
-async function readMemberArchive(tarStream: Readable, index: number, dir: string, state: MemberState, signal?: AbortSignal): Promise<void> {
+async function readMemberArchive(
+  tarStream: Readable,
+  index: number,
+  target: { store: ArchiveStore; writer: StoreWriter; log: Log },
+  state: MemberState,
+  signal?: AbortSignal,
+): Promise<void> {
+  const { store, writer, log } = target;
   const source = `stdin, archive ${index + 1}`;
   for await (const entry of readArchives(tarStream, { source })) {
     signal?.throwIfAborted();
@@ -95,11 +107,10 @@ async function readMemberArchive(tarStream: Readable, index: number, dir: string
     const m = entry.manifest;
     if (entry.role === 'manifest') {
       state.manifest = m;
-      await refuseExisting(path.join(dir, archiveFileName(m.container, m.time, m.full)));
+      await writer.name(archiveFileName(m.container, m.time, m.full));
     } else if (entry.role === 'changelog') {
-      const f = (state.changelog = await createAtomicFile(path.join(dir, changelogFileName(m.container, m.time, m.full))));
-      for await (const c of entry.body) await writeChunk(f.stream, c);
-      await endStream(f.stream);
+      const f = (state.changelog = await store.writer(changelogFileName(m.container, m.time, m.full), { suffix: '', log }));
+      for await (const c of entry.body) await f.write(c);
     } else if (entry.role === 'trailer') {
       state.verified = true;
     }
@@ -126,12 +137,12 @@ function failureOf(reading: Promise<void>, signal?: AbortSignal): Promise<never>
 }
 
 async function storeMember(member: CompressedMember, codec: Codec, index: number, state: MemberState, opts: StoreOptions): Promise<StoredArchive> {
-  const { dir, signal } = opts;
+  const { store, signal, log } = opts;
   // Its final name comes with the manifest, inside the member.
-  const file = await createAtomicFile(path.join(dir, `incoming${codec.suffix}`), 0o644, { writeBehind: WRITE_BEHIND_BYTES });
+  const file = await store.writer(undefined, { suffix: codec.suffix, log });
   const hash = createHash('sha256');
   let size = 0;
-  const reading = readMemberArchive(member.plain, index, dir, state, signal);
+  const reading = readMemberArchive(member.plain, index, { store, writer: file, log }, state, signal);
   const failed = failureOf(reading, signal);
   const race = <T>(p: Promise<T>) => Promise.race([p, failed]);
   try {
@@ -142,16 +153,14 @@ async function storeMember(member: CompressedMember, codec: Codec, index: number
       if (r.done) break;
       hash.update(r.value);
       size += r.value.length;
-      await race(writeChunk(file.stream, r.value));
+      await race(file.write(r.value));
     }
-    await race(endStream(file.stream));
     await reading;
     member.check();
     const m = state.manifest!;
-    const finalPath = path.join(dir, archiveFileName(m.container, m.time, m.full));
-    const result: StoredArchive = { name: m.name, path: finalPath, size, sha256: hash.digest('hex'), manifest: m };
-    await withLock(backupLockFile(dir, m.container), { holder: `sbk-pack --store ${m.name}`, wait: 600, signal }, async () => {
-      await file.commit({ noClobber: true, as: finalPath });
+    const result: StoredArchive = { name: m.name, path: store.locationOf(archiveFileName(m.container, m.time, m.full)), size, sha256: hash.digest('hex'), manifest: m };
+    await store.exclusive(m.container, { holder: `sbk-pack --store ${m.name}`, wait: 600, signal }, async () => {
+      await file.commit();
       // Sidecar after the archive, as in the local store.
       if (state.changelog) await state.changelog.commit();
     });

