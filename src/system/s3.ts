@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Agent } from 'node:https';
 import { PassThrough, Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { SbkError, ExitCode } from '../core/errors.js';
+import { SbkError, StoreUnavailableError, ExitCode } from '../core/errors.js';
 import { parseArchiveName, parseChangelogFileName } from '../core/layout.js';
 import { writeChunk } from '../core/streams.js';
 import type { Log } from '../core/log.js';
@@ -96,7 +96,9 @@ export function s3Failure(err: unknown, what: string, where: { endpoint?: string
   const status = e?.$metadata?.httpStatusCode;
   const name = e?.Code ?? e?.name ?? '';
   const server = where.endpoint ?? 'AWS S3';
-  const mk = (m: string, code: (typeof ExitCode)[keyof typeof ExitCode] = ExitCode.failure) => new SbkError(m, code, { cause: err });
+  // Everything but a missing object or a name taken: the store is unavailable.
+  const mk = (m: string, code: (typeof ExitCode)[keyof typeof ExitCode] = ExitCode.failure) =>
+    new (code === ExitCode.conflict || /: (no such object|not found)/.test(m) ? SbkError : StoreUnavailableError)(m, code, { cause: err });
   switch (name) {
     case 'NoSuchBucket':
       return mk(`${what}: bucket ${where.bucket} does not exist on ${server}`, ExitCode.notFound);
@@ -216,7 +218,7 @@ class S3Store implements ArchiveStore {
     const out = new PassThrough({ highWaterMark: 1024 * 1024 });
     body.on('error', (err) => out.destroy(s3Failure(err, what, { endpoint: this.endpoint, bucket: this.where.bucket })));
     // A response that ends early without an error (a proxy cutting the stream) is a cut too.
-    body.on('aborted', () => out.destroy(new SbkError(`${what}: the connection to ${this.endpoint ?? 'AWS S3'} was cut`, ExitCode.failure)));
+    body.on('aborted', () => out.destroy(new StoreUnavailableError(`${what}: the connection to ${this.endpoint ?? 'AWS S3'} was cut`, ExitCode.failure)));
     out.on('close', () => body.destroy());
     body.pipe(out);
     return out;

@@ -2,11 +2,11 @@
 // them: a directory (`--store DIR`, `--dir DIR`) or an S3-compatible bucket
 // (`s3://BUCKET/PREFIX`, system/s3.ts, loaded only when such a location is named, so that local
 // runs and --help never load the S3 client). Files are named by their base names in the store.
-import { createReadStream } from 'node:fs';
 import { readdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { SbkError, ExitCode, describeSystemError } from '../core/errors.js';
+import { SbkError, ExitCode } from '../core/errors.js';
+import { openRawFile } from '../formats/archive/open.js';
 import { endStream, writeChunk } from '../core/streams.js';
 import type { Log } from '../core/log.js';
 import { createAtomicFile, fsyncDir, removeStaleTemps, WRITE_BEHIND_BYTES, type AtomicFile } from './atomic.js';
@@ -84,24 +84,6 @@ export async function openStore(location: string, s3: S3Options = {}): Promise<A
   return new DirStore(path.resolve(location));
 }
 
-/** Opens a file for reading, with the file's own problems as one-line errors. */
-export async function openFileStream(file: string, opts: { start?: number; end?: number } = {}): Promise<Readable> {
-  const input = createReadStream(file, { highWaterMark: 1024 * 1024, ...opts });
-  try {
-    await new Promise<void>((resolve, reject) => {
-      input.once('open', () => resolve());
-      input.once('error', reject);
-    });
-  } catch (err) {
-    input.destroy();
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new SbkError(`${file}: no such archive`, ExitCode.notFound);
-    if (code === 'EISDIR') throw new SbkError(`${file} is a directory, not an archive`, ExitCode.badInput);
-    throw describeSystemError(err, file) ?? new SbkError(`${file}: cannot open (${(err as Error).message})`, ExitCode.failure, { cause: err });
-  }
-  return input;
-}
-
 class DirStore implements ArchiveStore {
   constructor(readonly location: string) {}
 
@@ -133,11 +115,11 @@ class DirStore implements ArchiveStore {
   }
 
   openHead(file: string): Promise<Readable> {
-    return openFileStream(this.locationOf(file));
+    return openRawFile(this.locationOf(file));
   }
 
   openRead(file: string): Promise<Readable> {
-    return openFileStream(this.locationOf(file));
+    return openRawFile(this.locationOf(file));
   }
 
   async remove(file: string): Promise<void> {

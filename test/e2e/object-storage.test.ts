@@ -6,13 +6,14 @@
 // uploader, a corrupt object, wrong credentials and a missing bucket fail with one line.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import net from 'node:net';
+import path from 'node:path';
 import { execa } from 'execa';
 import { checkReceipt, type Receipt } from '../../src/formats/receipt.js';
-import { synthManifest } from '../fixtures/archives/synthetic.js';
+import { synthArchive, synthManifest, synthTar } from '../fixtures/archives/synthetic.js';
 import { makeMemberChain, packGzip, noise, type MemberChain } from '../helpers/stores.js';
-import { synthTar } from '../fixtures/archives/synthetic.js';
-import { BIN } from '../helpers/sandbox.js';
+import { BIN, ROOT } from '../helpers/sandbox.js';
 import { startS3, type S3Server } from '../helpers/s3.js';
 import { until } from '../helpers/wait.js';
 
@@ -183,5 +184,117 @@ describe('sbk-pack --store s3:// cut short', () => {
     expect(next.exitCode, next.stderr).toBe(0);
     expect(await s3.uploads(bucket)).toEqual([]);
     expect(await s3.keys(bucket)).toEqual(['p/big_1700000000_Full.tar.gz']);
+  });
+});
+
+describe('sbk-plan and sbk-unpack on s3://', () => {
+  const FIXTURES = path.join(ROOT, 'test/fixtures/archives');
+  const fx = ['fx_1795673813_Full.tar.gz', 'fx_1795673814.tar.gz'];
+  let bucket = '';
+  beforeAll(async () => {
+    bucket = await s3.bucket();
+    const members = await Promise.all(fx.map((f) => readFile(path.join(FIXTURES, f))));
+    const r = await run('sbk-pack', ['--store', `s3://${bucket}/peer1`], { input: Buffer.concat(members) });
+    expect(r.exitCode, r.stderr).toBe(0);
+  });
+
+  it('plans the chain from ranged reads of the heads; --list and --json; --verify streams the objects', async () => {
+    const url = `s3://${bucket}/peer1`;
+    const plan = await run('sbk-plan', ['fx', '--dir', url]);
+    expect(plan.stderr).toBe('');
+    expect(plan.stdout.split('\n')).toEqual(fx.map((f) => `${url}/${f}`));
+    const at = await run('sbk-plan', ['fx', '--dir', url, '--at', '1795673813', '--json']);
+    expect(at.stdout.trim().split('\n').map((l) => JSON.parse(l).path)).toEqual([`${url}/${fx[0]}`]);
+    const list = await run('sbk-plan', ['fx', '--dir', url, '--list', '--json']);
+    expect(list.stdout.trim().split('\n').map((l) => JSON.parse(l).chain)).toEqual(['complete', 'complete']);
+    // The lines of sbk-plan, and URLs as arguments.
+    const v = await run('sbk-unpack', ['--verify'], { input: plan.stdout + '\n' });
+    expect(v.exitCode, v.stderr).toBe(0);
+    const args = await run('sbk-unpack', ['--verify', `${url}/${fx[0]}`, `${url}/${fx[1]}`]);
+    expect(args.exitCode, args.stderr).toBe(0);
+    const none = await run('sbk-unpack', ['--verify', `${url}/fx_1.tar.gz`]);
+    expect(none.exitCode).toBe(5);
+    expect(oneLine(none.stderr, 'sbk-unpack')).toMatch(/fx_1\.tar\.gz: no such archive/);
+  });
+
+  it('a corrupt object fails --verify with exit 4; a download cut by the network fails with one line', async () => {
+    const b = await s3.bucket();
+    const good = await readFile(path.join(FIXTURES, fx[0]!));
+    const bad = Buffer.from(good);
+    bad[Math.floor(bad.length * 0.7)] ^= 0x08;
+    await s3.put(b, `p/${fx[0]}`, bad);
+    const r = await run('sbk-unpack', ['--verify', `s3://${b}/p/${fx[0]}`]);
+    expect(r.exitCode, r.stderr).toBe(4);
+    await s3.put(b, `q/${fx[0]}`, good);
+    const proxy = await cuttingProxy(s3.endpoint, { down: Math.floor(good.length / 2) });
+    try {
+      const cut = await run('sbk-unpack', ['--verify', `s3://${b}/q/${fx[0]}`], { env: { SBK_S3_ENDPOINT: proxy.url } });
+      expect(cut.exitCode).not.toBe(0);
+      expect(cut.stderr).toMatch(/connection to http:\/\/127\.0\.0\.1:\d+ was cut|cut short/);
+      expect(cut.stderr).not.toMatch(/internal error|at .*\.mjs|Warning/);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('--prune --delete on a bucket: whole chains go, newest first, each sidecar before its archive', async () => {
+    const b = await s3.bucket();
+    const f1 = synthManifest({ container: 'c1', time: 1_700_000_000, full: true });
+    const i1 = synthManifest({ container: 'c1', time: 1_700_086_400, full: false, parent: f1 });
+    const f2 = synthManifest({ container: 'c1', time: 1_700_172_800, full: true });
+    const i2 = synthManifest({ container: 'c1', time: 1_700_259_200, full: false, parent: f2 });
+    for (const m of [f1, i1, f2, i2]) {
+      await s3.put(b, `p/${m.name}.tar.gz`, await synthArchive(m));
+      await s3.put(b, `p/${m.name}_changelog.txt`, Buffer.from('added /x\n'));
+    }
+    await s3.put(b, 'p/other_1700000000_Full.tar.gz', await synthArchive(synthManifest({ container: 'other', time: 1_700_000_000, full: true })));
+    const url = `s3://${b}/p`;
+    const dry = await run('sbk-plan', ['c1', '--dir', url, '--prune', '--keep-last', '1']);
+    expect(dry.exitCode, dry.stderr).toBe(0);
+    const order = [i1, f1].flatMap((m) => [`${url}/${m.name}_changelog.txt`, `${url}/${m.name}.tar.gz`]);
+    expect(dry.stdout.trim().split('\n')).toEqual(order);
+    expect(await s3.keys(b)).toHaveLength(9);
+    const del = await run('sbk-plan', ['c1', '--dir', url, '--prune', '--keep-last', '1', '--delete']);
+    expect(del.exitCode, del.stderr).toBe(0);
+    expect(del.stdout.trim().split('\n')).toEqual(order);
+    expect(await s3.keys(b)).toEqual(
+      ['other_1700000000_Full.tar.gz', ...[f2, i2].flatMap((m) => [`${m.name}.tar.gz`, `${m.name}_changelog.txt`])].map((k) => `p/${k}`).sort(),
+    );
+    const plan = await run('sbk-plan', ['c1', '--dir', url]);
+    expect(plan.stdout.split('\n')).toEqual([f2, i2].map((m) => `${url}/${m.name}.tar.gz`));
+  });
+});
+
+describe('errors of the server, one line each', () => {
+  it('a missing bucket: exit 5; wrong credentials, an unreachable server: exit 1; no SDK output', async () => {
+    const b = await s3.bucket();
+    const missing = await run('sbk-plan', ['c1', '--dir', 's3://sbk-no-such-bucket/p']);
+    expect(missing.exitCode).toBe(5);
+    expect(oneLine(missing.stderr, 'sbk-plan')).toMatch(/bucket sbk-no-such-bucket does not exist/);
+    const pack = await run('sbk-pack', ['--store', 's3://sbk-no-such-bucket/p'], { input: chain.members[0] });
+    expect(pack.exitCode).toBe(5);
+    expect(oneLine(pack.stderr, 'sbk-pack')).toMatch(/bucket sbk-no-such-bucket does not exist/);
+    const creds = { AWS_ACCESS_KEY_ID: 'NOSUCHKEY', AWS_SECRET_ACCESS_KEY: 'wrong' };
+    for (const [bin, args] of [
+      ['sbk-plan', ['c1', '--dir', `s3://${b}/p`]],
+      ['sbk-pack', ['--store', `s3://${b}/p`]],
+      ['sbk-unpack', ['--verify', `s3://${b}/p/c1_1700000000_Full.tar.gz`]],
+    ] as const) {
+      const r = await run(bin, [...args], { env: creds, input: chain.members[0] });
+      expect(r.exitCode, r.stderr).toBe(1);
+      expect(oneLine(r.stderr, bin)).toMatch(/refused the credentials \((InvalidAccessKeyId|SignatureDoesNotMatch)\)/);
+    }
+    // A port nothing listens on.
+    const srv = net.createServer();
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const port = (srv.address() as net.AddressInfo).port;
+    await new Promise((r) => srv.close(r));
+    const down = await run('sbk-plan', ['c1', '--dir', `s3://${b}/p`], { env: { SBK_S3_ENDPOINT: `http://127.0.0.1:${port}` } });
+    expect(down.exitCode).toBe(1);
+    expect(oneLine(down.stderr, 'sbk-plan')).toMatch(/cannot reach the S3 server http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)/);
+    // --s3-endpoint wins over the environment.
+    const opt = await run('sbk-plan', ['c1', '--dir', `s3://${b}/p`, '--s3-endpoint', s3.endpoint], { env: { SBK_S3_ENDPOINT: `http://127.0.0.1:${port}` } });
+    expect(opt.exitCode).toBe(5);
+    expect(oneLine(opt.stderr, 'sbk-plan')).toMatch(/no backup of c1 in s3:\/\//);
   });
 });
