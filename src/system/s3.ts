@@ -16,10 +16,10 @@ import type { ArchiveStore, S3Options, StoredObject, StoreWriter } from './store
 
 type Sdk = typeof import('@aws-sdk/client-s3');
 
-/** Part size of uploads (MiB; SBK_S3_PART_MIB, 5..64): parts in flight bound the memory, and 10,000 parts bound an archive (16 MiB: 156 GiB). */
-const PART_MIB = 16;
+/** Part size of uploads (MiB; SBK_S3_PART_MIB, 5..64): the parts in flight bound the memory (6 MiB, 2 in flight: under 150 MiB of RSS), and 10,000 parts bound an archive (6 MiB: 58 GiB; 64 MiB: 625 GiB). */
+const PART_MIB = 6;
 /** Parts uploaded at once. */
-const PARTS_IN_FLIGHT = 3;
+const PARTS_IN_FLIGHT = 2;
 
 export interface S3Location {
   bucket: string;
@@ -356,7 +356,7 @@ class S3Writer implements StoreWriter {
   async open(file: string, archive: boolean): Promise<void> {
     this.file = file;
     this.archive = archive;
-    const body = new PassThrough({ highWaterMark: 1024 * 1024 });
+    const body = new PassThrough({ highWaterMark: 256 * 1024 });
     const { done } = await this.store.upload(file, body, archive);
     this.body = body;
     this.done = done;

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { checkReceipt, type Receipt } from '../../src/formats/receipt.js';
 import { synthArchive, synthManifest, synthTar } from '../fixtures/archives/synthetic.js';
-import { makeMemberChain, packGzip, noise, type MemberChain } from '../helpers/stores.js';
+import { makeMemberChain, packGzip, noise, bigMember, peakRss, type MemberChain } from '../helpers/stores.js';
 import { BIN, ROOT } from '../helpers/sandbox.js';
 import { startS3, type S3Server } from '../helpers/s3.js';
 import { until } from '../helpers/wait.js';
@@ -131,6 +131,18 @@ async function cuttingProxy(target: string, budget: { up?: number; down?: number
     },
   };
 }
+
+describe('sbk-pack --store s3:// memory', () => {
+  it('stays under 150 MiB for an archive of 160 MiB (parts of 6 MiB, 2 in flight)', async () => {
+    const bucket = await s3.bucket();
+    const big = await bigMember('mem', 160);
+    const r = await peakRss(BIN('sbk-pack'), ['--store', `s3://${bucket}/m`], big, s3.env);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stderr).toBe('');
+    expect(r.rssMiB).toBeLessThan(150);
+    expect((await s3.get(bucket, 'm/mem_1700000000_Full.tar.gz')).equals(big)).toBe(true);
+  });
+});
 
 describe('sbk-pack --store s3:// cut short', () => {
   let big: Buffer;

@@ -11,7 +11,7 @@ import zlib from 'node:zlib';
 import { execa } from 'execa';
 import { checkReceipt, type Receipt } from '../../src/formats/receipt.js';
 import { synthManifest, synthTar } from '../fixtures/archives/synthetic.js';
-import { makeMemberChain as makeChain } from '../helpers/stores.js';
+import { makeMemberChain as makeChain, bigMember, peakRss } from '../helpers/stores.js';
 import { BIN } from '../helpers/sandbox.js';
 import { until } from '../helpers/wait.js';
 
@@ -192,5 +192,20 @@ describe('sbk-pack --store DIR', () => {
     expect(r.exitCode, r.stderr).toBe(0);
     for (const [i, m] of c.manifests.entries())
       expect((await readFile(path.join(out, `${m.name}.tar.gz`))).equals(c.members[i]!)).toBe(true);
+  });
+});
+
+describe('sbk-pack --store DIR memory', () => {
+  it('stays under 150 MiB for an archive of 160 MiB (the copy never keeps what it wrote)', async () => {
+    const dir2 = await mkdtemp(path.join(os.tmpdir(), 'sbk-store-mem-'));
+    try {
+      const big = await bigMember('mem', 160);
+      const r = await peakRss(BIN('sbk-pack'), ['--store', dir2], big);
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect((await readFile(path.join(dir2, 'mem_1700000000_Full.tar.gz'))).equals(big)).toBe(true);
+      expect(r.rssMiB).toBeLessThan(150);
+    } finally {
+      await rm(dir2, { recursive: true, force: true });
+    }
   });
 });

@@ -122,3 +122,16 @@ export async function makeMemberChain(): Promise<MemberChain> {
   ];
   return { manifests: [f, { ...i1, changelog: true }, i2], members };
 }
+
+/** One archive of `container` whose rootfs delta is `mib` MiB of incompressible bytes, as one gzip member: for memory bounds. */
+export async function bigMember(container: string, mib: number, time = 1_700_000_000): Promise<Buffer> {
+  const m = synthManifest({ container, time, full: true });
+  return packGzip(await synthTar(m, { deltas: { rootfs: noise(mib * 1024 * 1024, 11), home: noise(1000, 2) } }));
+}
+
+/** Peak RSS in MiB of a binary reading `input` on stdin (/usr/bin/time), with its result. */
+export async function peakRss(bin: string, args: string[], input: Buffer, env: Record<string, string> = {}) {
+  const r = await execa('/usr/bin/time', ['-f', 'PEAK_RSS_KIB %M', bin, ...args], { input, env, reject: false, encoding: 'utf8' });
+  const m = /PEAK_RSS_KIB (\d+)/.exec(r.stderr);
+  return { ...r, stderr: r.stderr.replace(/PEAK_RSS_KIB \d+\n?/, ''), rssMiB: m ? Number(m[1]) / 1024 : Infinity };
+}

@@ -120,20 +120,43 @@ async function readMemberArchive(
 }
 
 /**
- * A promise that fails when `reading` does or `signal` aborts: every wait of the member's copy
- * races it, else a full pipe would hang the copy after the archive reader failed, and a signal
- * while waiting for input (an idle ssh link) would wait for more input.
+ * A race against the failure of `reading` or an abort of `signal`: every wait of the member's
+ * copy goes through it, else a full pipe would hang the copy after the archive reader failed, and
+ * a signal while waiting for input (an idle ssh link) would wait for more input. Each wait drops
+ * its listener when it settles: a `Promise.race` with one long-lived promise would keep every
+ * chunk it ever resolved with (the whole archive) until the member is done.
  */
-function failureOf(reading: Promise<void>, signal?: AbortSignal): Promise<never> {
-  const failed = new Promise<never>((_, reject) => {
-    reading.catch(reject);
-    if (signal) {
-      if (signal.aborted) reject(signal.reason);
-      else signal.addEventListener('abort', () => reject(signal.reason), { once: true });
-    }
-  });
-  failed.catch(() => {});
-  return failed;
+function racerOf(reading: Promise<void>, signal?: AbortSignal): <T>(p: Promise<T>) => Promise<T> {
+  let failure: { err: unknown } | undefined;
+  const waiting = new Set<(err: unknown) => void>();
+  const fail = (err: unknown) => {
+    failure ??= { err };
+    for (const w of waiting) w(failure.err);
+    waiting.clear();
+  };
+  reading.catch(fail);
+  if (signal) {
+    if (signal.aborted) fail(signal.reason);
+    else signal.addEventListener('abort', () => fail(signal.reason), { once: true });
+  }
+  return <T>(p: Promise<T>) =>
+    new Promise<T>((resolve, reject) => {
+      if (failure) {
+        p.catch(() => {});
+        return reject(failure.err);
+      }
+      waiting.add(reject);
+      p.then(
+        (v) => {
+          waiting.delete(reject);
+          resolve(v);
+        },
+        (err) => {
+          waiting.delete(reject);
+          reject(err);
+        },
+      );
+    });
 }
 
 async function storeMember(member: CompressedMember, codec: Codec, index: number, state: MemberState, opts: StoreOptions): Promise<StoredArchive> {
@@ -143,8 +166,7 @@ async function storeMember(member: CompressedMember, codec: Codec, index: number
   const hash = createHash('sha256');
   let size = 0;
   const reading = readMemberArchive(member.plain, index, { store, writer: file, log }, state, signal);
-  const failed = failureOf(reading, signal);
-  const race = <T>(p: Promise<T>) => Promise.race([p, failed]);
+  const race = racerOf(reading, signal);
   try {
     const raw = member.raw[Symbol.asyncIterator]();
     for (;;) {
