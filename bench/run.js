@@ -10,6 +10,7 @@
 //   (e) --help time of every binary
 //   (f) the cost of --progress (drawn on a pseudo-terminal)
 //   (g) the changelog bench (bench/changelog.mjs)
+//   (h) object storage: upload and restore-read throughput of s3:// against a directory (bench/s3.mjs)
 // Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g] [--profile] [--keep]
 //        node bench/run.js --profile --only none     (the profiles alone, RESULTS.md untouched)
 //        node bench/run.js --report-only             (RESULTS.md again from bench/results.json)
@@ -26,6 +27,7 @@ import {
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { benchObjectStorage, objectStorageReport } from './s3.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = (n) => path.join(ROOT, 'bin', n);
@@ -47,7 +49,7 @@ if (flag('--help') || flag('-h')) {
 }
 const QUICK = flag('--quick');
 const ROUNDS = Math.max(1, Number(value('--rounds') ?? 3));
-const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g').split(','));
+const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h').split(','));
 const PROFILE = flag('--profile');
 const KEEP = flag('--keep');
 const HELP_RUNS = 10;
@@ -1048,6 +1050,7 @@ function report(meta) {
     targets.push(['progress cost: time spent drawing (worst stage)', `${worst.toFixed(2)}%`, '< 1%', yes(worst < 1)]);
   }
 
+  if (S.h) L.push(...objectStorageReport(S.h));
   // (g)
   if (S.g) {
     L.push('## (g) Changelog (bench/changelog.mjs)', '');
@@ -1149,7 +1152,7 @@ async function main() {
   // First, while nothing of ours is being written back in the background.
   if (ONLY.has('e')) await sectionHelp();
 
-  const needSandbox = ['a', 'b', 'c', 'd', 'f'].some((s) => ONLY.has(s)) || PROFILE;
+  const needSandbox = ['a', 'b', 'c', 'd', 'f', 'h'].some((s) => ONLY.has(s)) || PROFILE;
   if (needSandbox) {
     const sb = await makeSandbox(QUICK ? 8 : 24);
     ENV = { SBK_LXC_DIR: sb.lxcDir, SBK_BACKUP_DIR: sb.backupDir };
@@ -1207,6 +1210,7 @@ async function main() {
       await sh('sync');
       await sectionBig(sb);
     }
+    if (ONLY.has('h')) results.sections.h = await benchObjectStorage(f0Archive, { rounds: ROUNDS, log });
   }
   if (ONLY.has('g')) await sectionChangelog();
 
