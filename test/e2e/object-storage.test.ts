@@ -132,6 +132,16 @@ async function cuttingProxy(target: string, budget: { up?: number; down?: number
   };
 }
 
+describe('sbk-pack --store s3:// input', () => {
+  it('refuses the tar stream of sbk-send (exit 3: pipe it through sbk-pack -o - first) and stores nothing', async () => {
+    const bucket = await s3.bucket();
+    const r = await run('sbk-pack', ['--store', `s3://${bucket}/p`], { input: await synthTar(synthManifest({ container: 'c1', time: 1_700_000_000, full: true })) });
+    expect(r.exitCode).toBe(3);
+    expect(oneLine(r.stderr, 'sbk-pack')).toMatch(/takes the compressed stream of sbk-pack -o -, not the tar stream of sbk-send/);
+    expect(await s3.keys(bucket)).toEqual([]);
+  });
+});
+
 describe('sbk-pack --store s3:// memory', () => {
   it('stays under 150 MiB for an archive of 160 MiB (parts of 6 MiB, 2 in flight)', async () => {
     const bucket = await s3.bucket();
