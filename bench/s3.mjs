@@ -20,14 +20,17 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 function timed(argv, env, stdinFile) {
   const tf = path.join(os.tmpdir(), `sbk-s3-bench-time-${process.pid}`);
   const t0 = performance.now();
-  execFileSync('/usr/bin/time', ['-f', '%M', '-o', tf, ...argv], {
-    env: { ...process.env, ...env },
-    stdio: [stdinFile ? openSync(stdinFile, 'r') : 'ignore', 'ignore', 'pipe'],
-  });
-  const wall = (performance.now() - t0) / 1000;
-  const rss = Number(readFileSync(tf, 'utf8').trim().split('\n').pop()) / 1024;
-  rmSync(tf, { force: true });
-  return { wall, rss };
+  try {
+    execFileSync('/usr/bin/time', ['-f', '%M', '-o', tf, ...argv], {
+      env: { ...process.env, ...env },
+      stdio: [stdinFile ? openSync(stdinFile, 'r') : 'ignore', 'ignore', 'pipe'],
+    });
+    const wall = (performance.now() - t0) / 1000;
+    const rss = Number(readFileSync(tf, 'utf8').trim().split('\n').pop()) / 1024;
+    return { wall, rss };
+  } finally {
+    rmSync(tf, { force: true });
+  }
 }
 
 async function startServer() {
