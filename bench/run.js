@@ -13,8 +13,9 @@
 //   (h) the time a running LXC container is frozen per backup (bench/freeze.mjs)
 //   (i) the fixed cost of a backup: a no-change incremental and every --help, beside node -e 0
 //       (bench/fixed-cost.mjs, which also runs alone)
+//   (s) object storage: upload and restore-read throughput of s3:// against a directory (bench/s3.mjs)
 //   (z) zstd archives against zstd, gzip and a bare btrfs send (bench/zstd.mjs, its own sandbox)
-// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g,h,i,z] [--profile] [--keep]
+// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g,h,i,s,z] [--profile] [--keep]
 //        node bench/run.js --profile --only none     (the profiles alone, RESULTS.md untouched)
 //        node bench/run.js --report-only             (RESULTS.md again from bench/results.json)
 //   --quick     about 270 MiB of content and a 0.5 GiB "big" delta instead of 0.9 and 2.2 GiB
@@ -31,6 +32,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sectionFixedCost, fixedCostReport } from './fixed-cost.mjs';
+import { benchObjectStorage, objectStorageReport } from './s3.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = (n) => path.join(ROOT, 'bin', n);
@@ -52,7 +54,7 @@ if (flag('--help') || flag('-h')) {
 }
 const QUICK = flag('--quick');
 const ROUNDS = Math.max(1, Number(value('--rounds') ?? 3));
-const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h,i,z').split(','));
+const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h,i,s,z').split(','));
 const PROFILE = flag('--profile');
 const KEEP = flag('--keep');
 const HELP_RUNS = 10;
@@ -1053,6 +1055,7 @@ function report(meta) {
     targets.push(['progress cost: time spent drawing (worst stage)', `${worst.toFixed(2)}%`, '< 1%', yes(worst < 1)]);
   }
 
+  if (S.s) L.push(...objectStorageReport(S.s));
   // (g)
   if (S.g) {
     L.push('## (g) Changelog (bench/changelog.mjs)', '');
@@ -1158,7 +1161,7 @@ async function main() {
   if (ONLY.has('e')) await sectionHelp();
   if (ONLY.has('i')) results.sections.i = await sectionFixedCost({ rounds: HELP_RUNS, log, registerCleanup: (f) => cleanupSteps.push(async () => f()) });
 
-  const needSandbox = ['a', 'b', 'c', 'd', 'f'].some((s) => ONLY.has(s)) || PROFILE;
+  const needSandbox = ['a', 'b', 'c', 'd', 'f', 's'].some((s) => ONLY.has(s)) || PROFILE;
   if (needSandbox) {
     const sb = await makeSandbox(QUICK ? 8 : 24);
     ENV = { SBK_LXC_DIR: sb.lxcDir, SBK_BACKUP_DIR: sb.backupDir };
@@ -1216,6 +1219,7 @@ async function main() {
       await sh('sync');
       await sectionBig(sb);
     }
+    if (ONLY.has('s')) results.sections.s = await benchObjectStorage(f0Archive, { rounds: ROUNDS, log });
   }
   if (ONLY.has('g')) await sectionChangelog();
   if (ONLY.has('h')) results.sections.h = JSON.parse((await sh(`node ${q(path.join(ROOT, 'bench', 'freeze.mjs'))} ${QUICK ? 8 : 20}`)).stdout.trim().split('\n').pop());

@@ -316,6 +316,13 @@ export function parseWait(v: string | undefined): number | undefined {
   return n;
 }
 
+/** `--s3-endpoint URL` and `--s3-ca FILE` of the stages that read or write an `s3://` store. */
+export const S3_ENDPOINT_OPTION = {
+  type: 'string',
+  describe: 'the S3-compatible server of s3:// locations (path-style) [env SBK_S3_ENDPOINT, AWS_ENDPOINT_URL_S3] (default: AWS S3)',
+} as const;
+export const S3_CA_OPTION = { type: 'string', describe: "a PEM file with the CA of the S3 server's TLS certificate [env SBK_S3_CA, AWS_CA_BUNDLE]" } as const;
+
 /** `--progress` / `--no-progress` of the long stages (sbk-send, sbk-pack, sbk-unpack). */
 export const PROGRESS_OPTION = {
   type: 'boolean',

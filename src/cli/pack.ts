@@ -1,5 +1,6 @@
-// sbk-pack: the tar stream of sbk-send in, gzip or zstd archives stored atomically (or -o FILE / -o -).
-import { runCli, refuseBinaryToTerminal, writeOut, makeProgress, PROGRESS_OPTION, type Context } from './common.js';
+// sbk-pack: the tar stream of sbk-send in, gzip or zstd archives stored atomically (or -o FILE / -o -, or
+// --store DIR or s3://BUCKET/PREFIX for archives sent from elsewhere).
+import { runCli, refuseBinaryToTerminal, writeOut, makeProgress, PROGRESS_OPTION, S3_ENDPOINT_OPTION, S3_CA_OPTION, type Context } from './common.js';
 import { SbkError, ExitCode } from '../core/errors.js';
 import type { Meter } from '../core/progress.js';
 import type { CompressionOptions } from '../stages/pack/pack.js';
@@ -12,6 +13,8 @@ interface PackArgs {
   store?: string;
   compress: string;
   level?: number;
+  s3Endpoint?: string;
+  s3Ca?: string;
   threads?: number;
   progress?: boolean;
 }
@@ -45,6 +48,8 @@ export function main(argv: string[]): Promise<void> {
             type: 'number',
             describe: `compression level: ${codecs.map((c) => `${c.name} ${c.levels.min}..${c.levels.max} (default ${c.levels.default})`).join(', ')}`,
           })
+          .option('s3-endpoint', S3_ENDPOINT_OPTION)
+          .option('s3-ca', S3_CA_OPTION)
           .option('threads', {
             alias: 'T',
             type: 'number',
@@ -98,22 +103,22 @@ async function compression(args: PackArgs, ctx: Context): Promise<CompressionOpt
   };
 }
 
-/** --store DIR: archives of `sbk-pack -o -` (or sbk-send) in, one receipt per stored archive out. */
-async function runStore(args: PackArgs, ctx: Context, store: string): Promise<void> {
-  if (store === '') throw new SbkError('--store needs a directory', ExitCode.usage);
+/** --store DIR|s3://…: archives of `sbk-pack -o -` (or sbk-send) in, one receipt per stored archive out. */
+async function runStore(args: PackArgs, ctx: Context, location: string): Promise<void> {
+  if (location === '') throw new SbkError('--store needs a directory or an s3://BUCKET/PREFIX', ExitCode.usage);
   if (process.stdin.isTTY) throw new SbkError('stdin is a terminal: pipe the output of sbk-pack -o - into sbk-pack --store', ExitCode.usage);
-  const [{ storeArchives }, { formatReceipt, receiptFor }, { resolve }, { mkdir }] = await Promise.all([
+  const [{ storeArchives }, { formatReceipt, receiptFor }, { openStore, isS3Url }, { mkdir }] = await Promise.all([
     import('../stages/pack/store.js'),
     import('../formats/receipt.js'),
-    import('node:path'),
+    import('../system/store.js'),
     import('node:fs/promises'),
   ]);
   const compress = await compression(args, ctx);
-  const dir = resolve(store);
-  await mkdir(dir, { recursive: true });
+  if (!isS3Url(location)) await mkdir(location, { recursive: true });
+  const store = await openStore(location, { endpoint: args.s3Endpoint, ca: args.s3Ca });
   const stored = await storeArchives(process.stdin, {
     ...compress,
-    dir,
+    store,
     log: ctx.log,
     signal: ctx.signal,
     // The receipt goes out only once the archive is under its final name, fsynced.

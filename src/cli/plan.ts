@@ -1,7 +1,6 @@
 // sbk-plan: a container name in, the archives that restore one of its backups out (one path per
 // line, oldest first: the input of sbk-unpack). --list shows every backup and its chain.
-import path from 'node:path';
-import { runCli, writeOut, WAIT_OPTION, parseWait } from './common.js';
+import { runCli, writeOut, WAIT_OPTION, parseWait, S3_ENDPOINT_OPTION, S3_CA_OPTION } from './common.js';
 import { SbkError, ExitCode } from '../core/errors.js';
 import type { Log } from '../core/log.js';
 import type { ArchiveFile, Plan } from '../stages/plan/chain.js';
@@ -20,6 +19,8 @@ interface PlanArgs {
   wait?: string;
   names?: boolean;
   head?: boolean;
+  s3Endpoint?: string;
+  s3Ca?: string;
 }
 
 export function main(argv: string[]): Promise<void> {
@@ -27,11 +28,11 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-plan',
       usage:
-        '$0 CONTAINER [--at TIME] [--dir DIR]\n$0 CONTAINER --list [--json]\n$0 CONTAINER --prune --keep-last N|--keep-daily N|--keep-weekly N|--keep-monthly N [--delete]\n$0 CONTAINER --names [--at TIME] < LISTING\n$0 --head < ARCHIVE\n\nPrints the archives that restore the newest backup of CONTAINER at or before TIME (default: the latest), one path per line, the Full first: pipe them into sbk-unpack. Archives are linked by the parent their manifests record.\nWith --prune: prints the archives (and changelog sidecars) that the --keep-* policy lets go, never one that a kept backup\'s chain needs; --delete removes them.',
+        '$0 CONTAINER [--at TIME] [--dir DIR|s3://BUCKET/PREFIX]\n$0 CONTAINER --list [--json]\n$0 CONTAINER --prune --keep-last N|--keep-daily N|--keep-weekly N|--keep-monthly N [--delete]\n$0 CONTAINER --names [--at TIME] < LISTING\n$0 --head < ARCHIVE\n\nPrints the archives that restore the newest backup of CONTAINER at or before TIME (default: the latest), one path per line, the Full first: pipe them into sbk-unpack. Archives are linked by the parent their manifests record.\nWith --prune: prints the archives (and changelog sidecars) that the --keep-* policy lets go, never one that a kept backup\'s chain needs; --delete removes them.',
       options: (y) =>
         y
           .option('at', { type: 'string', describe: 'restore point: unix seconds or ISO 8601 (2024-05-01T12:00:00Z; no zone = local time)' })
-          .option('dir', { alias: 'd', type: 'string', describe: 'read archives from DIR (default: the backup dir)' })
+          .option('dir', { alias: 'd', type: 'string', describe: 'read archives from DIR or s3://BUCKET/PREFIX (default: the backup dir)' })
           .option('list', { alias: 'l', type: 'boolean', describe: 'list every backup of CONTAINER with its chain state' })
           .option('json', { type: 'boolean', describe: 'NDJSON output, one object per line' })
           .option('prune', { type: 'boolean', describe: 'print the archives the --keep-* policy lets go (never one a kept chain needs)' })
@@ -41,6 +42,8 @@ export function main(argv: string[]): Promise<void> {
           .option('keep-monthly', { type: 'number', describe: 'with --prune: the same per month' })
           .option('delete', { type: 'boolean', describe: 'with --prune: remove them (under the container lock)' })
           .option('wait', WAIT_OPTION)
+          .option('s3-endpoint', S3_ENDPOINT_OPTION)
+          .option('s3-ca', S3_CA_OPTION)
           .option('names', {
             type: 'boolean',
             describe: 'read archive file names on stdin (as ls -1 prints them); print the backups of CONTAINER among them at or before --at, oldest first',
@@ -82,13 +85,15 @@ export function main(argv: string[]): Promise<void> {
           for (const n of await namesIn(process.stdin, container, at)) await writeOut(n + '\n');
           return;
         }
-        const dir = path.resolve(args.dir ?? ctx.dirs.backupDir);
+        const { openStore } = await import('../system/store.js');
+        const store = await openStore(args.dir ?? ctx.dirs.backupDir, { endpoint: args.s3Endpoint, ca: args.s3Ca });
+        const dir = store.location;
         if (args.prune) {
           const { prune, policyIsEmpty } = await import('../stages/plan/prune.js');
           const policy = { last: args.keepLast, daily: args.keepDaily, weekly: args.keepWeekly, monthly: args.keepMonthly };
           if (policyIsEmpty(policy))
             throw new SbkError('--prune needs a policy: --keep-last, --keep-daily, --keep-weekly or --keep-monthly (at least one above 0)', ExitCode.usage);
-          return prune(container, dir, policy, {
+          return prune(container, store, policy, {
             json: args.json,
             delete: args.delete,
             wait: parseWait(args.wait),
@@ -97,7 +102,7 @@ export function main(argv: string[]): Promise<void> {
             emit: (line) => writeOut(line + '\n'),
           });
         }
-        const all = await scanStore(dir, container, { warn: (m) => ctx.log.warn(m) });
+        const all = await scanStore(store, container, { warn: (m) => ctx.log.warn(m) });
         if (args.list) return printList(all, container, dir, args.json);
         return printChain(planRestore(all, container, dir, at), args.json, ctx.log);
       },

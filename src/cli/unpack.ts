@@ -3,7 +3,8 @@
 import path from 'node:path';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { runCli, WAIT_OPTION, parseWait, makeProgress, PROGRESS_OPTION } from './common.js';
+import { runCli, WAIT_OPTION, parseWait, makeProgress, PROGRESS_OPTION, S3_ENDPOINT_OPTION, S3_CA_OPTION } from './common.js';
+import type { S3Options } from '../system/store.js';
 import { SbkError, ExitCode, describeSystemError } from '../core/errors.js';
 import type { RestoreInput, RestoreProgress } from '../stages/unpack/input.js';
 import type { Meter, Progress } from '../core/progress.js';
@@ -22,15 +23,36 @@ interface UnpackArgs {
   json?: boolean;
   path?: string[];
   tmp?: string;
+  s3Endpoint?: string;
+  s3Ca?: string;
 }
 
 const MAX_LIST = 1024 * 1024;
 
-async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
-  const { openArchiveFile } = await import('../formats/archive/open.js');
+async function fileInputs(paths: string[], s3: S3Options): Promise<RestoreInput[]> {
+  const { openArchiveFile, openRawFile, openArchiveStream } = await import('../formats/archive/open.js');
   const { parseArchiveName } = await import('../core/layout.js');
+  const { isS3Url, openStore } = await import('../system/store.js');
   const inputs: RestoreInput[] = [];
+  const stores = new Map<string, Awaited<ReturnType<typeof openStore>>>();
   for (const p of paths) {
+    if (isS3Url(p)) {
+      // An object: streamed from the server as it is restored, never staged here.
+      const { splitS3Url } = await import('../system/s3.js');
+      const { store: at, file } = splitS3Url(p);
+      const store = stores.get(at) ?? (await openStore(at, s3));
+      stores.set(at, store);
+      const size = await store.sizeOf(file);
+      if (size === undefined) throw new SbkError(`${p}: no such archive`, ExitCode.notFound);
+      inputs.push({
+        source: p,
+        open: async () => openArchiveStream(await store.openRead(file), p),
+        head: () => store.openHead(file),
+        nameInfo: parseArchiveName(file),
+        size,
+      });
+      continue;
+    }
     const abs = path.resolve(p);
     // All checked before anything is read: a typo in the fourth path fails in a second.
     let st;
@@ -44,13 +66,13 @@ async function fileInputs(paths: string[]): Promise<RestoreInput[]> {
       throw describeSystemError(err, p) ?? new SbkError(`${p}: cannot read (${(err as Error).message})`, ExitCode.failure, { cause: err });
     }
     if (!st.isFile()) throw new SbkError(`${p} is not a regular file`, ExitCode.badInput);
-    inputs.push({ source: abs, open: () => openArchiveFile(abs), nameInfo: parseArchiveName(abs), size: st.size });
+    inputs.push({ source: abs, open: () => openArchiveFile(abs), head: () => openRawFile(abs), nameInfo: parseArchiveName(abs), size: st.size });
   }
   return inputs;
 }
 
-/** Stdin holds either archive bytes (gzip, zstd, both, or tar) or a list of paths, one a line: the first bytes tell. */
-async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }> {
+/** Stdin holds either archive bytes (gzip, zstd, both, or tar) or a list of paths (or s3:// URLs), one a line: the first bytes tell. */
+async function stdinInputs(s3: S3Options): Promise<{ inputs: RestoreInput[]; files: boolean }> {
   const { peekStream, sniff, describeKind } = await import('../formats/input.js');
   const { openArchiveStream } = await import('../formats/archive/open.js');
   if (process.stdin.isTTY)
@@ -75,7 +97,7 @@ async function stdinInputs(): Promise<{ inputs: RestoreInput[]; files: boolean }
     .map((l) => l.replace(/\r$/, ''))
     .filter((l) => l.trim() !== '');
   if (paths.length === 0) throw new SbkError('no archive paths on stdin', ExitCode.badInput);
-  return { inputs: await fileInputs(paths), files: true };
+  return { inputs: await fileInputs(paths, s3), files: true };
 }
 
 /** Per volume: bytes, rate, elapsed, and for an archive file how far through it the read is. */
@@ -119,7 +141,7 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-unpack',
       usage:
-        '$0 [--as NAME] [--force [--stop]] [--start] [ARCHIVE...]\n$0 --tar [--path PATH]... [ARCHIVE...] > point.tar\n$0 --list [--json] [--path PATH]... [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.zst | sbk-unpack).',
+        '$0 [--as NAME] [--force [--stop]] [--start] [ARCHIVE...]\n$0 --tar [--path PATH]... [ARCHIVE...] > point.tar\n$0 --list [--json] [--path PATH]... [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments (paths or s3://BUCKET/PREFIX/FILE URLs), listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.zst | sbk-unpack).',
       options: (y) =>
         y
           .option('as', { type: 'string', describe: 'restore under this container name (default: the archived name)' })
@@ -135,6 +157,8 @@ export function main(argv: string[]): Promise<void> {
           .option('path', { type: 'string', array: true, describe: 'with --tar or --list: only this file or subtree (a container path, /etc/nginx); repeatable' })
           .option('tmp', { type: 'string', describe: 'with --tar or --list: where the tree is built meanwhile [env TMPDIR] (default /tmp)' })
           .option('progress', PROGRESS_OPTION)
+          .option('s3-endpoint', S3_ENDPOINT_OPTION)
+          .option('s3-ca', S3_CA_OPTION)
           .conflicts('verify', ['as', 'force', 'start', 'stop', 'tar', 'list'])
           .conflicts('tar', ['list', 'as', 'force', 'json', 'start', 'stop'])
           .conflicts('list', ['as', 'force', 'start', 'stop'])
@@ -162,9 +186,10 @@ export function main(argv: string[]): Promise<void> {
         ctx.signal.throwIfAborted(); // an abort before the listener is in never fires it
         if (!positional.length) ctx.signal.addEventListener('abort', stopStdin, { once: true });
         try {
+          const s3 = { endpoint: args.s3Endpoint, ca: args.s3Ca };
           const { inputs, files } = positional.length
-            ? { inputs: await fileInputs(positional), files: true }
-            : await stdinInputs();
+            ? { inputs: await fileInputs(positional, s3), files: true }
+            : await stdinInputs(s3);
           if (args.verify) {
             await verifyInputs(inputs, { log: ctx.log, signal: ctx.signal, progress });
             return;

@@ -31,6 +31,12 @@ export class SbkError extends Error {
   }
 }
 
+/**
+ * A store (an S3 server) that could not be reached or refused the request, or a connection cut
+ * mid-transfer: the run fails as a whole, never judges the archives it could not read.
+ */
+export class StoreUnavailableError extends SbkError {}
+
 export const usageError = (m: string) => new SbkError(m, ExitCode.usage);
 
 /** True for the error a write to a closed pipe raises (the reader went away, e.g. `| head`). */

@@ -111,6 +111,15 @@ export function parseArchiveName(fileName: string): ParsedArchiveName | undefine
   return { container: m[1]!, time: Number(m[2]), full: m[3] !== undefined, suffix: m[4] as ArchiveSuffix };
 }
 
+const CHANGELOG_RE = /^(.+)_(0|[1-9]\d{0,11})(_Full)?_changelog\.txt$/;
+
+/** Parses a changelog sidecar's name `<c>_<time>[_Full]_changelog.txt` (either spelling of a Full's). */
+export function parseChangelogFileName(fileName: string): Omit<ParsedArchiveName, 'suffix'> | undefined {
+  const m = CHANGELOG_RE.exec(path.basename(fileName));
+  if (!m || !isValidContainerName(m[1]!)) return undefined;
+  return { container: m[1]!, time: Number(m[2]), full: m[3] !== undefined };
+}
+
 const SET_RE = /^(0|[1-9]\d{0,11})(_Full)?$/;
 
 export function parseSetDirName(name: string): { time: number; full: boolean } | undefined {

@@ -52,8 +52,8 @@ export interface StoredFile {
   manifest: Manifest;
 }
 
-/** The receipt of an archive stored by `sbk-pack --store`. */
-export function receiptFor(a: StoredFile, host = hostname()): Receipt {
+/** The receipt of an archive stored by `sbk-pack --store`; one in object storage has its `s3://` URL as path, and no host. */
+export function receiptFor(a: StoredFile, host: string | undefined = a.path.startsWith('s3://') ? undefined : hostname()): Receipt {
   const m = a.manifest;
   return {
     sbk: 'receipt',

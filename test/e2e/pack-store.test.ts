@@ -9,11 +9,9 @@ import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { execa } from 'execa';
-import tar from 'tar-stream';
 import { checkReceipt, type Receipt } from '../../src/formats/receipt.js';
-import { ArchiveWriter, type Manifest } from '../../src/formats/archive/archive.js';
-import { createGzipCompressor } from '../../src/formats/codecs/gzip.js';
 import { synthManifest, synthTar } from '../fixtures/archives/synthetic.js';
+import { makeMemberChain as makeChain, bigMember, peakRss } from '../helpers/stores.js';
 import { BIN } from '../helpers/sandbox.js';
 import { until } from '../helpers/wait.js';
 
@@ -26,67 +24,6 @@ afterEach(async () => {
 });
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-
-/** gzip as sbk-pack does (the parallel compressor): one member. */
-async function packGzip(tarBytes: Buffer): Promise<Buffer> {
-  const gz = createGzipCompressor({ level: 1, threads: 2, blockSize: 128 * 1024 });
-  const out: Buffer[] = [];
-  gz.on('data', (c: Buffer) => out.push(c));
-  const done = new Promise<void>((resolve, reject) => {
-    gz.on('end', resolve);
-    gz.on('error', reject);
-  });
-  gz.end(tarBytes);
-  await done;
-  return Buffer.concat(out);
-}
-
-/** An archive with a changelog entry (synthTar writes none). */
-async function tarWithChangelog(m: Manifest, changelog: string, delta: Buffer): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  pack.on('data', (c: Buffer) => chunks.push(c));
-  const ended = new Promise<void>((r) => pack.on('end', () => r()));
-  const w = new ArchiveWriter(pack, { ...m, changelog: true });
-  await w.start();
-  await w.addMetaFile('config', Buffer.from('lxc.utsname = c1\n'), 0o644, new Date(m.time * 1000));
-  const body = Buffer.from(changelog);
-  await w.addChangelog((async function* () { yield body; })(), body.length);
-  for (const v of m.volumes) await w.addDelta(v.name, (async function* () { yield delta; })());
-  await w.finish();
-  pack.finalize();
-  await ended;
-  return Buffer.concat(chunks);
-}
-
-/** Incompressible bytes, so members span many input chunks. */
-function noise(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed || 1;
-  for (let i = 0; i < n; i++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
-
-interface Chain {
-  manifests: Manifest[];
-  members: Buffer[];
-}
-
-async function makeChain(): Promise<Chain> {
-  const f = synthManifest({ container: 'c1', time: 1_700_000_000, full: true });
-  const i1 = synthManifest({ container: 'c1', time: 1_700_000_100, full: false, parent: f });
-  const i2 = synthManifest({ container: 'c1', time: 1_700_000_200, full: false, parent: i1 });
-  const members = [
-    await packGzip(await synthTar(f, { deltas: { rootfs: noise(700_000, 1), home: noise(1000, 2) } })),
-    await packGzip(await tarWithChangelog({ ...i1, changelog: true }, 'modified /etc/hostname\n', noise(300_000, 3))),
-    // The system gzip: a header with a file name (FNAME), a different deflate encoder.
-    (await execa('gzip', ['-c', '-N', '-9'], { input: await synthTar(i2), encoding: 'buffer' })).stdout as unknown as Buffer,
-  ];
-  return { manifests: [f, { ...i1, changelog: true }, i2], members };
-}
 
 async function store(input: Buffer, extra: string[] = []) {
   return execa(BIN('sbk-pack'), ['--store', dir, ...extra], { input, reject: false, encoding: 'utf8' });
@@ -286,5 +223,20 @@ describe('sbk-pack --store DIR', () => {
     expect(r.exitCode, r.stderr).toBe(0);
     for (const [i, m] of c.manifests.entries())
       expect((await readFile(path.join(out, `${m.name}.tar.gz`))).equals(c.members[i]!)).toBe(true);
+  });
+});
+
+describe('sbk-pack --store DIR memory', () => {
+  it('stays under 150 MiB for an archive of 160 MiB (the copy never keeps what it wrote)', async () => {
+    const dir2 = await mkdtemp(path.join(os.tmpdir(), 'sbk-store-mem-'));
+    try {
+      const big = await bigMember('mem', 160);
+      const r = await peakRss(BIN('sbk-pack'), ['--store', dir2], big);
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect((await readFile(path.join(dir2, 'mem_1700000000_Full.tar.gz'))).equals(big)).toBe(true);
+      expect(r.rssMiB).toBeLessThan(150);
+    } finally {
+      await rm(dir2, { recursive: true, force: true });
+    }
   });
 });

@@ -18,6 +18,11 @@ import { peekStream, sniff, describeKind } from '../input.js';
  * Destroying the returned stream closes the file.
  */
 export async function openArchiveFile(file: string): Promise<Readable> {
+  return openArchive(await openRawFile(file), file, false);
+}
+
+/** An archive file's bytes as stored, with the file's own problems (missing, a directory) as one-line errors. */
+export async function openRawFile(file: string): Promise<Readable> {
   const input = createReadStream(file, { highWaterMark: 1024 * 1024 });
   try {
     await new Promise<void>((resolve, reject) => {
@@ -31,7 +36,7 @@ export async function openArchiveFile(file: string): Promise<Readable> {
     if (code === 'EISDIR') throw new SbkError(`${file} is a directory, not an archive`, ExitCode.badInput);
     throw new SbkError(`${file}: cannot open (${(err as Error).message})`, ExitCode.failure, { cause: err });
   }
-  return openArchive(input, file, false);
+  return input;
 }
 
 /**
@@ -91,7 +96,12 @@ export function readError(err: unknown, source: string): unknown {
  * of an original Subutai archive. Decompresses a few KiB, never the deltas.
  */
 export async function readArchiveHead(file: string): Promise<{ manifest?: Manifest; legacy: boolean }> {
-  const tarStream = await openArchiveFile(file);
+  return readArchiveHeadFrom(await openRawFile(file), file);
+}
+
+/** The same from an archive's stored bytes (a file, the ranged reads of an object), read only as far as the first entry. */
+export async function readArchiveHeadFrom(raw: Readable, file: string): Promise<{ manifest?: Manifest; legacy: boolean }> {
+  const tarStream = await openArchiveStream(raw, file);
   try {
     for await (const entry of readArchives(tarStream, { legacy: true, source: file })) {
       if (entry.role === 'manifest') return { manifest: entry.manifest, legacy: false };

@@ -1,25 +1,23 @@
-// `sbk-pack --store DIR`: the receiving end of a remote backup. Stores every archive of the input
-// in DIR under its own name, with its changelog sidecar, under the container's lock of DIR, and
-// confirms nothing (DIR's host may hold no snapshots). The input is the compressed stream of
-// `sbk-pack -o -` (the sender's bytes are kept as they are, verified on the way in) or the tar
-// stream of sbk-send (compressed here, as sbk-pack does).
+// `sbk-pack --store DIR|s3://BUCKET/PREFIX`: the receiving end of a remote backup. Stores every
+// archive of the input in the store (system/store.ts) under its own name, with its changelog
+// sidecar, under the container's lock of DIR, and confirms nothing (the store's host may hold no
+// snapshots). The input is the compressed stream of `sbk-pack -o -` (the sender's bytes are kept
+// as they are, verified on the way in) or, into a DIR, the tar stream of sbk-send (compressed
+// here, as sbk-pack does).
 import { createHash } from 'node:crypto';
-import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { readArchives, type Manifest } from '../../formats/archive/archive.js';
 import { codecForMagic, type Codec, type CompressedMember } from '../../formats/codecs/codec.js';
 import { compressedMembers } from '../../formats/codecs/members.js';
-import { createAtomicFile, WRITE_BEHIND_BYTES, type AtomicFile } from '../../system/atomic.js';
-import { endStream, writeChunk } from '../../core/streams.js';
+import { isS3Url, type ArchiveStore, type StoreWriter } from '../../system/store.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { peekStream, sniff, describeKind } from '../../formats/input.js';
 import { archiveFileName, archiveFileNames, changelogFileName } from '../../core/layout.js';
-import { backupLockFile, withLock } from '../../system/lock.js';
 import type { Log } from '../../core/log.js';
-import { packArchives, refuseExisting, removeLeftovers, type CompressionOptions, type StoredArchive } from './pack.js';
+import { packArchives, type CompressionOptions, type StoredArchive } from './pack.js';
 
 export interface StoreOptions extends CompressionOptions {
-  dir: string;
+  store: ArchiveStore;
   log: Log;
   signal?: AbortSignal;
   onStored?: (a: StoredArchive) => Promise<void> | void;
@@ -30,11 +28,17 @@ export async function storeArchives(source: Readable, opts: StoreOptions): Promi
   const { head, stream } = await peekStream(source, 512);
   if (codecForMagic(head)) return storeCompressedArchives(stream, opts);
   const kind = sniff(head);
-  if (kind === 'tar') return packArchives(stream, { ...opts, target: { kind: 'dir', dir: opts.dir } });
+  if (kind === 'tar') {
+    if (isS3Url(opts.store.location)) {
+      stream.destroy();
+      throw new SbkError(`${opts.store.location} takes the compressed stream of sbk-pack -o -, not the tar stream of sbk-send (pipe it through sbk-pack -o - first)`, ExitCode.badInput);
+    }
+    return packArchives(stream, { ...opts, target: { kind: 'dir', dir: opts.store.location } });
+  }
   stream.destroy();
   if (kind === 'empty') throw new SbkError('no input (did the stage before fail?): expected the output of sbk-pack -o - (or of sbk-send) on stdin', ExitCode.badInput);
   throw new SbkError(
-    `expected sbk archives (the gzip or zstd stream of sbk-pack -o -, or the tar stream of sbk-send) on stdin, got ${describeKind[kind]}${
+    `expected sbk archives (the gzip stream of sbk-pack -o -, or the tar stream of sbk-send) on stdin, got ${describeKind[kind]}${
       kind === 'ndjson' ? ' (pipe the records through sbk-send first)' : ''
     }`,
     ExitCode.badInput,
@@ -44,21 +48,22 @@ export async function storeArchives(source: Readable, opts: StoreOptions): Promi
 /** What the reader of one member's tar learnt: the manifest, the changelog sidecar, the trailer. */
 interface MemberState {
   manifest?: Manifest;
-  changelog?: AtomicFile;
+  changelog?: StoreWriter;
   verified: boolean;
 }
 
 /**
  * The compressed stream of `sbk-pack -o -`: one member (gzip member, zstd frame) per archive,
- * each of either codec. Each member's bytes go to a temporary file in DIR as they are, and its
- * content into the archive reader. Only when the member's own check (gzip: CRC-32, length; zstd:
- * the frame whole and its content checksum) and the archive's trailer (every sha256) pass is the
- * file linked under its final name (the member's codec gives the suffix): the stored file is
- * exactly what the sender wrote, and a cut or corrupt stream leaves nothing under a final name.
+ * each of either codec. Each member's bytes go to the store as they are (a temporary file in DIR,
+ * a multipart upload), and its content into the archive reader. Only when the member's own check
+ * (gzip: CRC-32, length; zstd: the frame whole and its content checksum) and the archive's
+ * trailer (every sha256) pass is the file linked under its final name (the upload completed; the
+ * member's codec gives the suffix): the stored file is exactly what the sender wrote, and a cut
+ * or corrupt stream leaves nothing under a final name.
  */
 async function storeCompressedArchives(stream: Readable, opts: StoreOptions): Promise<StoredArchive[]> {
-  const { dir, log, signal } = opts;
-  await removeLeftovers(dir, log, (n) => `removing ${n}, left by a transfer that did not finish`);
+  const { store, log, signal } = opts;
+  await store.sweep(log);
   const members = compressedMembers(stream, 'stdin');
   const stored: StoredArchive[] = [];
   try {
@@ -83,15 +88,22 @@ async function storeCompressedArchives(stream: Readable, opts: StoreOptions): Pr
   return stored;
 }
 
+/** A backup is stored once, under one codec's name: neither of its names may be taken. */
+async function refuseTaken(store: ArchiveStore, m: Manifest): Promise<void> {
+  for (const n of archiveFileNames(m.container, m.time, m.full))
+    if ((await store.sizeOf(n)) !== undefined) throw new SbkError(`${store.locationOf(n)} already exists; not overwriting it`, ExitCode.conflict);
+}
+
 /** Reads the one archive of a member (verifying every sha256 against its trailer). */
 async function readMemberArchive(
   tarStream: Readable,
   codec: Codec,
   index: number,
-  dir: string,
+  target: { store: ArchiveStore; writer: StoreWriter; log: Log },
   state: MemberState,
   signal?: AbortSignal,
 ): Promise<void> {
+  const { store, writer, log } = target;
   const source = `stdin, archive ${index + 1}`;
   for await (const entry of readArchives(tarStream, { source })) {
     signal?.throwIfAborted();
@@ -103,11 +115,11 @@ async function readMemberArchive(
     const m = entry.manifest;
     if (entry.role === 'manifest') {
       state.manifest = m;
-      await refuseExisting(archiveFileNames(m.container, m.time, m.full).map((n) => path.join(dir, n)));
+      await refuseTaken(store, m);
+      await writer.name(archiveFileName(m.container, m.time, m.full, codec.suffix));
     } else if (entry.role === 'changelog') {
-      const f = (state.changelog = await createAtomicFile(path.join(dir, changelogFileName(m.container, m.time, m.full))));
-      for await (const c of entry.body) await writeChunk(f.stream, c);
-      await endStream(f.stream);
+      const f = (state.changelog = await store.writer(changelogFileName(m.container, m.time, m.full), { suffix: '', log }));
+      for await (const c of entry.body) await f.write(c);
     } else if (entry.role === 'trailer') {
       state.verified = true;
     }
@@ -117,31 +129,53 @@ async function readMemberArchive(
 }
 
 /**
- * A promise that fails when `reading` does or `signal` aborts: every wait of the member's copy
- * races it, else a full pipe would hang the copy after the archive reader failed, and a signal
- * while waiting for input (an idle ssh link) would wait for more input.
+ * A race against the failure of `reading` or an abort of `signal`: every wait of the member's
+ * copy goes through it, else a full pipe would hang the copy after the archive reader failed, and
+ * a signal while waiting for input (an idle ssh link) would wait for more input. Each wait drops
+ * its listener when it settles: a `Promise.race` with one long-lived promise would keep every
+ * chunk it ever resolved with (the whole archive) until the member is done.
  */
-function failureOf(reading: Promise<void>, signal?: AbortSignal): Promise<never> {
-  const failed = new Promise<never>((_, reject) => {
-    reading.catch(reject);
-    if (signal) {
-      if (signal.aborted) reject(signal.reason);
-      else signal.addEventListener('abort', () => reject(signal.reason), { once: true });
-    }
-  });
-  failed.catch(() => {});
-  return failed;
+function racerOf(reading: Promise<void>, signal?: AbortSignal): <T>(p: Promise<T>) => Promise<T> {
+  let failure: { err: unknown } | undefined;
+  const waiting = new Set<(err: unknown) => void>();
+  const fail = (err: unknown) => {
+    failure ??= { err };
+    for (const w of waiting) w(failure.err);
+    waiting.clear();
+  };
+  reading.catch(fail);
+  if (signal) {
+    if (signal.aborted) fail(signal.reason);
+    else signal.addEventListener('abort', () => fail(signal.reason), { once: true });
+  }
+  return <T>(p: Promise<T>) =>
+    new Promise<T>((resolve, reject) => {
+      if (failure) {
+        p.catch(() => {});
+        return reject(failure.err);
+      }
+      waiting.add(reject);
+      p.then(
+        (v) => {
+          waiting.delete(reject);
+          resolve(v);
+        },
+        (err) => {
+          waiting.delete(reject);
+          reject(err);
+        },
+      );
+    });
 }
 
 async function storeMember(member: CompressedMember, codec: Codec, index: number, state: MemberState, opts: StoreOptions): Promise<StoredArchive> {
-  const { dir, signal } = opts;
+  const { store, signal, log } = opts;
   // Its final name comes with the manifest, inside the member.
-  const file = await createAtomicFile(path.join(dir, `incoming${codec.suffix}`), 0o644, { writeBehind: WRITE_BEHIND_BYTES });
+  const file = await store.writer(undefined, { suffix: codec.suffix, log });
   const hash = createHash('sha256');
   let size = 0;
-  const reading = readMemberArchive(member.plain, codec, index, dir, state, signal);
-  const failed = failureOf(reading, signal);
-  const race = <T>(p: Promise<T>) => Promise.race([p, failed]);
+  const reading = readMemberArchive(member.plain, codec, index, { store, writer: file, log }, state, signal);
+  const race = racerOf(reading, signal);
   try {
     const raw = member.raw[Symbol.asyncIterator]();
     for (;;) {
@@ -150,18 +184,17 @@ async function storeMember(member: CompressedMember, codec: Codec, index: number
       if (r.done) break;
       hash.update(r.value);
       size += r.value.length;
-      await race(writeChunk(file.stream, r.value));
+      await race(file.write(r.value));
     }
-    await race(endStream(file.stream));
     await reading;
     member.check();
     const m = state.manifest!;
-    const finalPath = path.join(dir, archiveFileName(m.container, m.time, m.full, codec.suffix));
-    const result: StoredArchive = { name: m.name, path: finalPath, size, sha256: hash.digest('hex'), manifest: m };
-    await withLock(backupLockFile(dir, m.container), { holder: `sbk-pack --store ${m.name}`, wait: 600, signal }, async () => {
+    const finalName = archiveFileName(m.container, m.time, m.full, codec.suffix);
+    const result: StoredArchive = { name: m.name, path: store.locationOf(finalName), size, sha256: hash.digest('hex'), manifest: m };
+    await store.exclusive(m.container, { holder: `sbk-pack --store ${m.name}`, wait: 600, signal }, async () => {
       // Under the lock: the backup may not be there under its other codec's name either.
-      await refuseExisting(archiveFileNames(m.container, m.time, m.full).map((n) => path.join(dir, n)));
-      await file.commit({ noClobber: true, as: finalPath });
+      await refuseTaken(store, m);
+      await file.commit();
       // Sidecar after the archive, as in the local store.
       if (state.changelog) await state.changelog.commit();
     });

@@ -3,12 +3,11 @@
 // volume's parent snapshot), never by file-name substrings, so another container's archives
 // (`web` vs `web_2`), an unrelated Full or a missing link are never mixed into a chain.
 // Archives of the original Subutai tool have no manifest: they are chained by name order.
-import { readdir, stat } from 'node:fs/promises';
-import path from 'node:path';
 import { type Manifest } from '../../formats/archive/archive.js';
-import { SbkError, ExitCode, type ExitCodeValue } from '../../core/errors.js';
+import { SbkError, StoreUnavailableError, ExitCode, type ExitCodeValue } from '../../core/errors.js';
 import { backupName, formatTime, parseArchiveName } from '../../core/layout.js';
-import { readArchiveHead } from '../../formats/archive/open.js';
+import { readArchiveHeadFrom } from '../../formats/archive/open.js';
+import { openStore, type ArchiveStore } from '../../system/store.js';
 import { linkProblem } from '../../formats/archive/links.js';
 
 export interface ArchiveFile {
@@ -47,33 +46,24 @@ const byTime = (a: ArchiveFile, b: ArchiveFile) =>
   a.time - b.time || Number(b.full) - Number(a.full) || (a.file < b.file ? -1 : a.file > b.file ? 1 : 0);
 
 /**
- * Every archive of `container` in `dir`, oldest first, each with its manifest or the reason it
- * cannot be used. `warn` hears about archives that are named for the container but are not its.
+ * Every archive of `container` in a store (a directory, a bucket), oldest first, each with its
+ * manifest or the reason it cannot be used: only the head of each is read (ranged reads of an
+ * object). `warn` hears about archives that are named for the container but are not its.
  */
 export async function scanStore(
-  dir: string,
+  where: ArchiveStore | string,
   container: string,
   opts: { warn?: (msg: string) => void } = {},
 ): Promise<ArchiveFile[]> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new SbkError(`backup directory ${dir} does not exist`, ExitCode.notFound);
-    if (code === 'ENOTDIR') throw new SbkError(`${dir} is not a directory`, ExitCode.badInput);
-    throw err;
-  }
-  const candidates = names.filter((n) => parseArchiveName(n)?.container === container).sort();
-  const found = await mapLimit(candidates, 4, async (file): Promise<ArchiveFile | undefined> => {
-    const p = path.join(dir, file);
-    const st = await stat(p).catch(() => undefined);
-    if (!st?.isFile()) return undefined;
+  const store = typeof where === 'string' ? await openStore(where) : where;
+  const candidates = (await store.list()).filter((o) => parseArchiveName(o.file)?.container === container).sort((a, b) => (a.file < b.file ? -1 : 1));
+  const found = await mapLimit(candidates, 4, async ({ file, size }): Promise<ArchiveFile | undefined> => {
+    const p = store.locationOf(file);
     const parsed = parseArchiveName(file)!;
     const a: ArchiveFile = {
       path: p,
       file,
-      size: st.size,
+      size,
       container: parsed.container,
       time: parsed.time,
       full: parsed.full,
@@ -81,7 +71,7 @@ export async function scanStore(
       legacy: false,
     };
     try {
-      const head = await readArchiveHead(p);
+      const head = await readArchiveHeadFrom(await store.openHead(file), p);
       a.legacy = head.legacy;
       if (head.manifest) {
         const m = head.manifest;
@@ -98,6 +88,7 @@ export async function scanStore(
         }
       }
     } catch (err) {
+      if (err instanceof StoreUnavailableError) throw err;
       a.problem = `unreadable: ${err instanceof SbkError ? err.message.replace(`${p}: `, '') : (err as Error).message}`;
       a.problemCode = err instanceof SbkError ? err.exitCode : ExitCode.failure;
     }

@@ -3,14 +3,11 @@
 // A kept backup keeps every archive of its chain (its Full and each incremental up to it), so a
 // prune never leaves a kept point unrestorable. What cannot be reasoned about (an unreadable
 // archive, a backup whose chain is already broken) is never removed, and keeps its ancestors.
-import { access, unlink } from 'node:fs/promises';
-import path from 'node:path';
 import { chainTo, scanStore, type ArchiveFile } from './chain.js';
 import { archiveFileNames, changelogFileName, formatTime, legacyChangelogFileName, parseArchiveName } from '../../core/layout.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
-import { fsyncDir } from '../../system/atomic.js';
-import { withLock, backupLockFile } from '../../system/lock.js';
+import type { ArchiveStore } from '../../system/store.js';
 
 export interface KeepPolicy {
   last?: number;
@@ -165,30 +162,20 @@ function ancestors(a: ArchiveFile, mine: ArchiveFile[]): ArchiveFile[] {
   return out;
 }
 
-const isThere = (p: string) =>
-  access(p).then(
-    () => true,
-    () => false,
-  );
-
 /**
- * The files to remove for one archive, in order: its changelog sidecars (if there), then the
- * archive. A Full's sidecar may also have the name sbk gave it before (`<c>_<time>_changelog.txt`);
- * that one is the Full's only while no incremental `<c>_<time>.tar.gz` (or `.tar.zst`) owns that name.
+ * The files to remove for one archive, in order: its changelog sidecars (if in `present`, the
+ * store's listing), then the archive. A Full's sidecar may also have the name sbk gave it before
+ * (`<c>_<time>_changelog.txt`); that one is the Full's only while no incremental
+ * `<c>_<time>.tar.gz` (or `.tar.zst`) owns that name.
  */
-export async function filesOf(a: ArchiveFile): Promise<string[]> {
-  const dir = path.dirname(a.path);
+export function filesOf(a: ArchiveFile, present: Set<string>): string[] {
   // Named after the archive's file, as the store named it.
   const f = parseArchiveName(a.file) ?? a;
   const names = [changelogFileName(f.container, f.time, f.full)];
-  const incrementals = archiveFileNames(f.container, f.time, false).map((n) => path.join(dir, n));
-  if (f.full && !(await Promise.all(incrementals.map(isThere))).some(Boolean))
-    names.push(legacyChangelogFileName(f.container, f.time));
-  const sidecars: string[] = [];
-  for (const n of names) if (await isThere(path.join(dir, n))) sidecars.push(path.join(dir, n));
+  if (f.full && !archiveFileNames(f.container, f.time, false).some((n) => present.has(n))) names.push(legacyChangelogFileName(f.container, f.time));
   // The sidecars first: a prune cut short leaves an archive without its changelog (as a store
   // cut short may), never a changelog without its archive.
-  return [...sidecars, a.path];
+  return [...names.filter((n) => present.has(n)), a.file];
 }
 
 export interface PruneOptions {
@@ -208,17 +195,19 @@ export interface PruneOptions {
  * `sbk-plan --prune`: the archives (and changelog sidecars) a policy lets go, one path per line in
  * a safe deletion order; with `delete` they are removed, under the container's lock of DIR.
  */
-export async function prune(container: string, dir: string, policy: KeepPolicy, o: PruneOptions): Promise<void> {
-  if (!o.delete) return pruneUnlocked(container, dir, policy, o);
+export async function prune(container: string, store: ArchiveStore, policy: KeepPolicy, o: PruneOptions): Promise<void> {
+  if (!o.delete) return pruneUnlocked(container, store, policy, o);
   // The same lock sbk-pack takes to store into DIR: nothing is stored while the plan is made and carried out.
-  await withLock(backupLockFile(dir, container), { holder: `sbk-plan --prune --delete ${container}`, wait: o.wait, signal: o.signal }, () =>
-    pruneUnlocked(container, dir, policy, o),
+  await store.exclusive(container, { holder: `sbk-plan --prune --delete ${container}`, wait: o.wait, signal: o.signal }, () =>
+    pruneUnlocked(container, store, policy, o),
   );
 }
 
-async function pruneUnlocked(container: string, dir: string, policy: KeepPolicy, o: PruneOptions): Promise<void> {
-  const all = await scanStore(dir, container, { warn: (m) => o.log.warn(m) });
-  if (!all.some((a) => a.container === container)) throw new SbkError(`no backup of ${container} in ${dir}`, ExitCode.notFound);
+async function pruneUnlocked(container: string, store: ArchiveStore, policy: KeepPolicy, o: PruneOptions): Promise<void> {
+  const present = new Set((await store.list()).map((x) => x.file));
+  const all = await scanStore(store, container, { warn: (m) => o.log.warn(m) });
+  if (!all.some((a) => a.container === container)) throw new SbkError(`no backup of ${container} in ${store.location}`, ExitCode.notFound);
+  const pathsOf = (a: ArchiveFile) => filesOf(a, present).map((f) => store.locationOf(f));
   const plan = planPrune(all, container, policy);
   for (const d of plan.unrestorable)
     o.log.warn(`${d.archive.name} cannot be restored (${d.reasons[0]!.replace(/^not restorable: /, '')}); kept, with the archives it may need`);
@@ -234,28 +223,26 @@ async function pruneUnlocked(container: string, dir: string, policy: KeepPolicy,
           kind: a.full ? 'full' : 'incremental',
           action: d.keep ? 'keep' : 'remove',
           reasons: d.reasons,
-          files: d.keep ? [a.path] : await filesOf(a),
+          files: d.keep ? [a.path] : pathsOf(a),
         }),
       );
     }
   }
   if (!o.delete) {
-    if (!o.json) for (const a of plan.remove) for (const f of await filesOf(a)) await o.emit(f);
+    if (!o.json) for (const a of plan.remove) for (const f of pathsOf(a)) await o.emit(f);
     return;
   }
   // Newest first: an incremental goes before its parent, so a prune cut short never leaves an
   // incremental without its chain. Removed paths are printed as they go.
   for (const a of plan.remove) {
     o.signal.throwIfAborted();
-    for (const f of await filesOf(a)) {
-      await unlink(f).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'ENOENT') throw err;
-      });
-      if (!o.json) await o.emit(f);
+    for (const f of filesOf(a, present)) {
+      await store.remove(f);
+      if (!o.json) await o.emit(store.locationOf(f));
     }
     o.log.verbose(`removed ${a.name}`);
   }
-  if (plan.remove.length) await fsyncDir(dir);
+  if (plan.remove.length) await store.settle();
   const kept = plan.decisions.length - plan.remove.length;
   o.log.info(`${container}: removed ${plan.remove.length} backup${plan.remove.length === 1 ? '' : 's'}, kept ${kept}`);
 }

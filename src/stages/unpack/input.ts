@@ -2,7 +2,7 @@
 // manifest, or from the file name of an original Subutai archive), and the check of their order
 // (links.ts's followProblem) from the archives' first entries before anything is received.
 import type { Readable } from 'node:stream';
-import { readArchiveHead } from '../../formats/archive/open.js';
+import { readArchiveHeadFrom } from '../../formats/archive/open.js';
 import { chainId, followProblem, type ChainId } from '../../formats/archive/links.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { ParsedArchiveName } from '../../core/layout.js';
@@ -17,6 +17,8 @@ export interface RestoreInput {
   nameInfo?: ParsedArchiveName;
   /** Size of the archive file, when known (for progress). */
   size?: number;
+  /** The stored bytes from the start, read only as far as needed (an archive file or object): for the order check. */
+  head?(): Promise<Readable>;
 }
 
 /** A volume's send stream as it starts being received or checked: the archive, the volume, and the tar stream it is read from. */
@@ -58,7 +60,8 @@ export function checkFollows(prev: ChainId | undefined, id: ChainId): void {
 export async function precheckFiles(inputs: RestoreInput[], as: string | undefined): Promise<void> {
   let prev: ChainId | undefined;
   for (const input of inputs) {
-    const head = await readArchiveHead(input.source);
+    if (!input.head) throw new SbkError(`internal: ${input.source} has no head to check`, ExitCode.bug);
+    const head = await readArchiveHeadFrom(await input.head(), input.source);
     const id = head.manifest ? chainId(head.manifest) : legacyId(input, as);
     checkFollows(prev, id);
     prev = id;
