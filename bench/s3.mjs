@@ -101,7 +101,7 @@ export async function benchObjectStorage(archive, { rounds = 3, log = console.er
 /** The section of bench/RESULTS.md. */
 export function objectStorageReport(h) {
   return [
-    '## (h) Object storage (bench/s3.mjs)',
+    '## (s) Object storage (bench/s3.mjs)',
     '',
     `One ${(h.bytes / MiB).toFixed(0)} MiB archive, ${h.rounds} rounds, medians; the S3 server: ${h.server} (its objects on the same disk).`,
     '',
