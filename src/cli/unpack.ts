@@ -12,6 +12,7 @@ interface UnpackArgs {
   as?: string;
   force?: boolean;
   verify?: boolean;
+  to?: string;
   wait?: string;
   progress?: boolean;
 }
@@ -100,15 +101,17 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-unpack',
       usage:
-        '$0 [--as NAME] [--force] [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.gz | sbk-unpack).',
+        '$0 [--as NAME] [--force] [ARCHIVE...]\n$0 --to DIR [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir, or with --to replays it into a new directory on any filesystem (no BTRFS, no root). Archives are named as arguments, listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.gz | sbk-unpack).',
       options: (y) =>
         y
           .option('as', { type: 'string', describe: 'restore under this container name (default: the archived name)' })
           .option('force', { alias: 'f', type: 'boolean', describe: 'replace an existing container, once the new one is complete' })
           .option('wait', WAIT_OPTION)
           .option('verify', { type: 'boolean', describe: 'check archives fully (gzip, tar, sha256, send streams); restore nothing, needs no root' })
+          .option('to', { type: 'string', describe: 'replay the chain into DIR (new or empty) on any filesystem: DIR/<volume>/... and the meta files; needs neither BTRFS nor root' })
           .option('progress', PROGRESS_OPTION)
-          .conflicts('verify', ['as', 'force']),
+          .conflicts('verify', ['as', 'force', 'to'])
+          .conflicts('to', ['force', 'wait']),
       run: async (args, ctx) => {
         const { restoreChain } = await import('../stages/unpack/restore.js');
         const { verifyInputs } = await import('../stages/unpack/verify.js');
@@ -133,6 +136,12 @@ export function main(argv: string[]): Promise<void> {
             return;
           }
           if (files) await precheckFiles(inputs, args.as);
+          if (args.to !== undefined) {
+            if (args.to === '') throw new SbkError('--to needs a directory', ExitCode.usage);
+            const { replayToDir } = await import('../stages/unpack/replay/to-dir.js');
+            await replayToDir(inputs, args.to, { log: ctx.log, signal: ctx.signal, progress, as: args.as });
+            return;
+          }
           await restoreChain(inputs, {
             lockWait: parseWait(args.wait),
             lxcDir: ctx.dirs.lxcDir,
