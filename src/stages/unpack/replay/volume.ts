@@ -235,16 +235,18 @@ export class VolumeReplay {
   /** Device nodes, fifos and sockets are made at a plain name in the scratch dir and moved in. */
   private special(rel: string, kind: SpecialKind, mode: number, rdev: number): void {
     const at = path.join(this.ctx.scratch, `node-${this.nodes++}`);
+    let placeholder = false;
     try {
       makeSpecialFile(at, kind, mode, rdev);
     } catch (err) {
       if (!(err instanceof NotPermitted)) throw err;
       // Not as this user: an empty file holds the place, the overlay says what it is.
       closeSync(openSync(at, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600));
-      this.note(lstatSync(at).ino, { kind, rdev });
+      placeholder = true;
     }
     renameSync(at, this.abs(rel));
     this.createdAt(rel);
+    if (placeholder) this.note(lstatSync(this.abs(rel)).ino, { kind, rdev });
   }
 
   private note(ino: number, e: MetaOverlayEntry): void {
