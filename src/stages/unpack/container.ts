@@ -125,7 +125,7 @@ export class ContainerDir {
    * The config of a container restored under a new name or into another LXC dir. `fallbackOwner`
    * names the container when neither a manifest nor the config's own directory does.
    */
-  async rewriteConfig(id: ChainId, target: string, name: string, fallbackOwner: string): Promise<void> {
+  async rewriteConfig(id: ChainId, target: string, name: string, fallbackOwner: string, opts: { plainDirs?: boolean } = {}): Promise<void> {
     const file = path.join(this.dir, 'config');
     let text: string;
     try {
@@ -152,7 +152,7 @@ export class ContainerDir {
     // name, which may have been renamed, so there the config's own container directory decides.
     const owner = id.manifest ? id.manifest.container : configDir ? path.basename(configDir) : fallbackOwner;
     const renamed = name !== owner;
-    const { config, changes } = rewriteConfigForRestore(cfg, { fromDirs, toDir: target, newName: renamed ? name : undefined });
+    const { config, changes } = rewriteConfigForRestore(cfg, { fromDirs, toDir: target, newName: renamed ? name : undefined, plainDirs: opts.plainDirs });
     if (changes.length === 0) return;
     for (const c of changes) this.log.verbose(`config: ${c}`);
     await writeFile(file, serializeLxcConfig(config));

@@ -32,6 +32,8 @@ export interface ReplayOptions {
   progress?: RestoreProgress;
   /** The container name of an original Subutai archive whose file name does not say (as --as). */
   as?: string;
+  /** Called with the finished tree before the attributes of the container dir are set last. */
+  beforeSeal?: (result: ReplayResult) => Promise<void>;
 }
 
 export interface ReplayResult {
@@ -235,8 +237,10 @@ class Replay {
     await rm(this.staging, { recursive: true, force: true });
     await chmod(dir, 0o755); // as a container directory is made (the meta's own entry, if any, is set by seal)
     await this.container!.addNestedDirs(last.id, volumes);
+    const result = { volumes, overlay, first: this.first!, last: last.id };
+    await this.opts.beforeSeal?.(result);
     await this.container!.seal(last.id);
-    return { volumes, overlay, first: this.first!, last: last.id };
+    return result;
   }
 
   /** After a failure: open files closed, what was made in dir removed. */
