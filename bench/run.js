@@ -10,6 +10,7 @@
 //   (e) --help time of every binary
 //   (f) the cost of --progress (drawn on a pseudo-terminal)
 //   (g) the changelog bench (bench/changelog.mjs)
+//   (h) the replay bench (bench/replay.mjs): sbk-unpack --to vs btrfs receive, memory per file
 // Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g] [--profile] [--keep]
 //        node bench/run.js --profile --only none     (the profiles alone, RESULTS.md untouched)
 //        node bench/run.js --report-only             (RESULTS.md again from bench/results.json)
@@ -47,7 +48,7 @@ if (flag('--help') || flag('-h')) {
 }
 const QUICK = flag('--quick');
 const ROUNDS = Math.max(1, Number(value('--rounds') ?? 3));
-const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g').split(','));
+const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h').split(','));
 const PROFILE = flag('--profile');
 const KEEP = flag('--keep');
 const HELP_RUNS = 10;
@@ -1209,6 +1210,7 @@ async function main() {
     }
   }
   if (ONLY.has('g')) await sectionChangelog();
+  if (ONLY.has('h')) results.sections.h = JSON.parse((await sh(`node ${q(path.join(ROOT, 'bench', 'replay.mjs'))}${QUICK ? ' --quick' : ''}`)).stdout.trim().split('\n').pop());
 
   const cpu1 = machineCpu();
   meta.loadEnd = loadavg();
