@@ -4,7 +4,7 @@
 // of wall time and peak RSS; then the memory a replay needs per file: a Full of N files (a tenth
 // of them symlinks) and an incremental adding N/5 more, replayed with the peak RSS measured.
 // Needs root; uses a loop-mounted BTRFS image (unmounted and deleted at the end, also on failure).
-// Usage: node bench/replay.mjs [--quick] [--rounds N] [--files N]   (after `npm run build`)
+// Usage: node bench/replay.mjs [--quick] [--rounds N] [--files N] [--files-only]   (after `npm run build`)
 //        prints one JSON line; bench/run.js --only h runs it and puts it in RESULTS.md
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, symlinkSync, rmSync, readdirSync } from 'node:fs';
@@ -18,6 +18,7 @@ const value = (f, d) => (argv.includes(f) ? argv[argv.indexOf(f) + 1] : d);
 const QUICK = argv.includes('--quick');
 const ROUNDS = Number(value('--rounds', QUICK ? 2 : 3));
 const FILES = Number(value('--files', QUICK ? 50000 : 500000));
+const FILES_ONLY = argv.includes('--files-only');
 const MiB = 1024 * 1024;
 
 const sh = (cmd, ...args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 * MiB }).toString();
@@ -74,15 +75,16 @@ try {
   // (1) The chain: /usr content, then an incremental changing a part of it.
   log('making the chain');
   container('c', (r) => {
+    if (FILES_ONLY) return void writeFileSync(path.join(r, 'one'), 'one\n');
     sh('cp', '-a', '/usr/lib/x86_64-linux-gnu', path.join(r, 'lib'));
     if (!QUICK) sh('cp', '-a', '/usr/share/doc', path.join(r, 'doc'));
   });
   const chain = [backup()];
-  bash(`cd ${lxcDir}/c/rootfs && cp -a lib lib2 && rm -rf lib/perl* && find lib -name '*.so*' -size +1M | head -20 | while read f; do dd if=/dev/urandom of="$f" bs=4k count=4 seek=3 conv=notrunc status=none; done`);
-  chain.push(backup());
+  if (!FILES_ONLY) bash(`cd ${lxcDir}/c/rootfs && cp -a lib lib2 && rm -rf lib/perl* && find lib -name '*.so*' -size +1M | head -20 | while read f; do dd if=/dev/urandom of="$f" bs=4k count=4 seek=3 conv=notrunc status=none; done`);
+  if (!FILES_ONLY) chain.push(backup());
   const archives = chain.map((a) => `'${a}'`).join(' ');
   const runs = { replay: [], receive: [] };
-  for (let i = 0; i < ROUNDS; i++) {
+  for (let i = 0; i < (FILES_ONLY ? 0 : ROUNDS); i++) {
     for (const k of i % 2 ? ['receive', 'replay'] : ['replay', 'receive']) {
       sh('sync');
       const to = path.join(mnt, `to${i}`);
@@ -91,9 +93,9 @@ try {
       bash(k === 'replay' ? `rm -rf '${to}'` : `for v in ${lxcDir}/r${i}/rootfs; do btrfs -q subvolume delete "$v"; done; rm -rf ${lxcDir}/r${i}`);
     }
   }
-  const chainResult = Object.fromEntries(Object.entries(runs).map(([k, rs]) => [k, { wallS: +median(rs.map((r) => r.wall)).toFixed(2), peakRssMiB: Math.round(Math.max(...rs.map((r) => r.rss))) }]));
-  chainResult.ratio = +(chainResult.replay.wallS / chainResult.receive.wallS).toFixed(2);
-  chainResult.bytes = Number(sh('du', '-cb', ...chain).split('\n').at(-2).split('\t')[0]);
+  const chainResult = FILES_ONLY ? {} : Object.fromEntries(Object.entries(runs).map(([k, rs]) => [k, { wallS: +median(rs.map((r) => r.wall)).toFixed(2), peakRssMiB: Math.round(Math.max(...rs.map((r) => r.rss))) }]));
+  if (!FILES_ONLY) chainResult.ratio = +(chainResult.replay.wallS / chainResult.receive.wallS).toFixed(2);
+  if (!FILES_ONLY) chainResult.bytes = Number(sh('du', '-cb', ...chain).split('\n').at(-2).split('\t')[0]);
 
   // (2) Memory per file: N files, then N/5 more in an incremental.
   log(`making ${FILES} files`);

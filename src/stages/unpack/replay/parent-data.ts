@@ -131,10 +131,13 @@ export class ParentData {
     this.current.delete(orig);
   }
 
-  /** Before bytes [start, end) of the open file `fd` are overwritten or cut (end: Infinity). */
-  beforeChange(fd: number, start: number, end: number): void {
-    const st = fstatSync(fd);
-    if (!st.isFile() || this.created.has(st.ino)) return;
+  /**
+   * Before bytes [start, end) of the open file `fd` are overwritten or cut (end: Infinity). `file`
+   * is what fstat said of it when it was opened (the caller opens it once for many writes).
+   */
+  beforeChange(fd: number, file: { ino: number; size: number; isFile(): boolean }, start: number, end: number): void {
+    if (!file.isFile() || this.created.has(file.ino)) return;
+    const st = file;
     const s = this.savedOf(st.ino, st.size);
     end = Math.min(end, s.size);
     if (start >= end) return;

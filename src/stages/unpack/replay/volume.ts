@@ -26,6 +26,7 @@ import {
   chmodSync,
   writeSync,
 } from 'node:fs';
+import type { Stats } from 'node:fs';
 import path from 'node:path';
 import { Cmd, corruptAt, type SendCommand, type Timespec } from '../../../formats/sendstream/reader.js';
 import { ReceiveGuard } from '../../../formats/sendstream/guard.js';
@@ -55,6 +56,8 @@ export interface VolumeContext {
 interface OpenFile {
   rel: string;
   fd: number;
+  /** In an incremental: what it was when opened (ParentData tells the parent's files by it). */
+  stat?: Stats;
 }
 
 const sec = (t: Timespec) => t.sec + t.nsec / 1e9;
@@ -159,7 +162,7 @@ export class VolumeReplay {
         return;
       case Cmd.TRUNCATE: {
         const fd = this.output(p);
-        this.parent?.beforeChange(fd, c.size!, Infinity);
+        this.parent?.beforeChange(fd, this.out!.stat!, c.size!, Infinity);
         ftruncateSync(fd, c.size!);
         return;
       }
@@ -295,7 +298,7 @@ export class VolumeReplay {
     this.closeOut();
     // In an incremental the old bytes may have to be read before they are overwritten (ParentData).
     const fd = openSync(this.abs(rel), (this.parent ? constants.O_RDWR : constants.O_WRONLY) | constants.O_NOFOLLOW);
-    this.out = { rel, fd };
+    this.out = { rel, fd, stat: this.parent ? fstatSync(fd) : undefined };
     return fd;
   }
 
@@ -309,7 +312,7 @@ export class VolumeReplay {
   /** Only the data given is written: the holes between stay holes. */
   private write(rel: string, offset: number, data: Buffer): void {
     const fd = this.output(rel);
-    this.parent?.beforeChange(fd, offset, offset + data.length);
+    this.parent?.beforeChange(fd, this.out!.stat!, offset, offset + data.length);
     for (let done = 0; done < data.length; ) done += writeSync(fd, data, done, data.length - done, offset + done);
   }
 
@@ -325,7 +328,7 @@ export class VolumeReplay {
       src = s;
     } else throw this.cannot(`clones from subvolume ${c.cloneUuid}, which is neither this one nor its parent (btrfs send -c); the replay cannot read it`);
     try {
-      this.parent?.beforeChange(fd, c.fileOffset!, c.fileOffset! + len);
+      this.parent?.beforeChange(fd, this.out!.stat!, c.fileOffset!, c.fileOffset! + len);
       const buf = Buffer.allocUnsafe(Math.min(CHUNK, len));
       // Within one file the source may overlap the target: copy backwards when it lies before.
       const backwards = c.cloneUuid === this.streamUuid && c.clonePath === c.path && c.cloneOffset! < c.fileOffset!;
