@@ -116,7 +116,9 @@ try {
   }
   m.push(backupM());
   log('replaying them');
-  const small = timed(`sbk-unpack -q --to '${mnt}/small' '${chain[0]}'`, env); // the baseline: few files
+  container('z', (r) => writeFileSync(path.join(r, 'one'), 'one\n'));
+  const tiny = bash('sbk-snap z | sbk-changelog | sbk-send | sbk-pack -q', env).stdout.trim();
+  const small = timed(`sbk-unpack -q --to '${mnt}/small' '${tiny}'`, env); // the baseline: one file
   const full = timed(`sbk-unpack -q --to '${mnt}/m0' '${m[0]}'`, env);
   const both = timed(`sbk-unpack -q --to '${mnt}/m1' '${m[0]}' '${m[1]}'`, env);
   const files = {
