@@ -107,7 +107,9 @@ try {
       else writeFileSync(path.join(d, `f${i}`), `${i}\n`);
     }
   });
-  const backupM = () => bash('sbk-snap --keep-snapshots 100 m | sbk-changelog | sbk-send | sbk-pack -q', env).stdout.trim();
+  // Without sbk-changelog: its first Full of 500,000 paths overflows its stack (RangeError in
+  // recordChangelog), a bug of that stage, not of what is measured here.
+  const backupM = () => bash('sbk-snap --keep-snapshots 100 m | sbk-send | sbk-pack -q', env).stdout.trim();
   const m = [backupM()];
   for (let i = 0; i < FILES / 5; i++) {
     const d = path.join(c2, 'rootfs', `n${Math.floor(i / 1000)}`);
