@@ -11,11 +11,12 @@
 //   (f) the cost of --progress (drawn on a pseudo-terminal)
 //   (g) the changelog bench (bench/changelog.mjs)
 //   (h) the time a running LXC container is frozen per backup (bench/freeze.mjs)
+//   (r) the replay bench (bench/replay.mjs): sbk-unpack --to vs btrfs receive, memory per file
 //   (i) the fixed cost of a backup: a no-change incremental and every --help, beside node -e 0
 //       (bench/fixed-cost.mjs, which also runs alone)
 //   (s) object storage: upload and restore-read throughput of s3:// against a directory (bench/s3.mjs)
 //   (z) zstd archives against zstd, gzip and a bare btrfs send (bench/zstd.mjs, its own sandbox)
-// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g,h,i,s,z] [--profile] [--keep]
+// Usage: node bench/run.js [--quick] [--rounds N] [--only a,b,c,d,e,f,g,h,i,r,s,z] [--profile] [--keep]
 //        node bench/run.js --profile --only none     (the profiles alone, RESULTS.md untouched)
 //        node bench/run.js --report-only             (RESULTS.md again from bench/results.json)
 //   --quick     about 270 MiB of content and a 0.5 GiB "big" delta instead of 0.9 and 2.2 GiB
@@ -54,7 +55,7 @@ if (flag('--help') || flag('-h')) {
 }
 const QUICK = flag('--quick');
 const ROUNDS = Math.max(1, Number(value('--rounds') ?? 3));
-const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h,i,s,z').split(','));
+const ONLY = new Set((value('--only') ?? 'a,b,c,d,e,f,g,h,i,r,s,z').split(','));
 const PROFILE = flag('--profile');
 const KEEP = flag('--keep');
 const HELP_RUNS = 10;
@@ -1224,6 +1225,7 @@ async function main() {
   if (ONLY.has('g')) await sectionChangelog();
   if (ONLY.has('h')) results.sections.h = JSON.parse((await sh(`node ${q(path.join(ROOT, 'bench', 'freeze.mjs'))} ${QUICK ? 8 : 20}`)).stdout.trim().split('\n').pop());
   if (ONLY.has('z')) results.sections.z = JSON.parse((await sh(`node ${q(path.join(ROOT, 'bench', 'zstd.mjs'))}${QUICK ? ' --quick' : ''} --rounds ${ROUNDS}`)).stdout);
+  if (ONLY.has('r')) results.sections.r = JSON.parse((await sh(`node ${q(path.join(ROOT, 'bench', 'replay.mjs'))}${QUICK ? ' --quick' : ''}`)).stdout.trim().split('\n').pop());
 
   const cpu1 = machineCpu();
   meta.loadEnd = loadavg();

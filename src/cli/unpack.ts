@@ -16,6 +16,7 @@ interface UnpackArgs {
   stop?: boolean;
   stopTimeout?: number;
   verify?: boolean;
+  to?: string;
   wait?: string;
   progress?: boolean;
   tar?: boolean;
@@ -128,8 +129,11 @@ function restoreProgress(progress: Progress, formatBytes: (n: number) => string)
 /** The options that only --tar or --list take; a tar is never written to a terminal. */
 function checkTreeOptions(args: UnpackArgs, mode: 'tar' | 'list' | undefined): void {
   if (!mode) {
+    // --to takes a selection too (built in scratch, then moved into DIR).
+    const toOk = args.to !== undefined ? ['path', 'tmp'] : [];
     for (const o of ['path', 'tmp', 'json'] as const)
-      if (args[o] !== undefined) throw new SbkError(`--${o} goes with --tar or --list`, ExitCode.usage);
+      if (args[o] !== undefined && !toOk.includes(o)) throw new SbkError(`--${o} goes with ${o === 'json' ? '--list' : '--to, --tar or --list'}`, ExitCode.usage);
+    if (args.tmp !== undefined && !args.path) throw new SbkError('--tmp goes with --to only together with --path', ExitCode.usage);
     return;
   }
   if (args.json && mode !== 'list') throw new SbkError('--json goes with --list', ExitCode.usage);
@@ -141,7 +145,7 @@ export function main(argv: string[]): Promise<void> {
     {
       name: 'sbk-unpack',
       usage:
-        '$0 [--as NAME] [--force [--stop]] [--start] [ARCHIVE...]\n$0 --tar [--path PATH]... [ARCHIVE...] > point.tar\n$0 --list [--json] [--path PATH]... [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir. Archives are named as arguments (paths or s3://BUCKET/PREFIX/FILE URLs), listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.zst | sbk-unpack).',
+        '$0 [--as NAME] [--force [--stop]] [--start] [ARCHIVE...]\n$0 --to DIR [--path PATH]... [ARCHIVE...]\n$0 --tar [--path PATH]... [ARCHIVE...] > point.tar\n$0 --list [--json] [--path PATH]... [ARCHIVE...]\n$0 --verify [ARCHIVE...]\n\nRestores a chain of archives (the Full first) as a container in the LXC dir (by replay when it is not on BTRFS), or with --to replays it into a new directory on any filesystem (no BTRFS, no root). Archives are named as arguments (paths or s3://BUCKET/PREFIX/FILE URLs), listed on stdin one path a line (sbk-plan output), or piped in as bytes (cat a.tar.gz b.tar.zst | sbk-unpack).',
       options: (y) =>
         y
           .option('as', { type: 'string', describe: 'restore under this container name (default: the archived name)' })
@@ -151,15 +155,17 @@ export function main(argv: string[]): Promise<void> {
           .option('start', { type: 'boolean', describe: 'start the restored container (lxc-start) and wait until it runs' })
           .option('wait', WAIT_OPTION)
           .option('verify', { type: 'boolean', describe: 'check archives fully (gzip/zstd, tar, sha256, send streams); restore nothing, needs no root' })
+          .option('to', { type: 'string', describe: 'replay the chain into DIR (new or empty) on any filesystem: DIR/<volume>/... and the meta files; needs neither BTRFS nor root' })
           .option('tar', { type: 'boolean', describe: "write the container's tree at that point as a pax tar on stdout; restore nothing" })
           .option('list', { type: 'boolean', describe: 'list the files at that point (like tar tv); restore nothing' })
           .option('json', { type: 'boolean', describe: 'with --list: one JSON object per file (NDJSON)' })
-          .option('path', { type: 'string', array: true, describe: 'with --tar or --list: only this file or subtree (a container path, /etc/nginx); repeatable' })
-          .option('tmp', { type: 'string', describe: 'with --tar or --list: where the tree is built meanwhile [env TMPDIR] (default /tmp)' })
+          .option('path', { type: 'string', array: true, describe: 'with --to, --tar or --list: only this file or subtree (a container path, /etc/nginx); repeatable' })
+          .option('tmp', { type: 'string', describe: 'with --tar, --list or --to --path: where the tree is built meanwhile [env TMPDIR] (default /tmp)' })
           .option('progress', PROGRESS_OPTION)
           .option('s3-endpoint', S3_ENDPOINT_OPTION)
           .option('s3-ca', S3_CA_OPTION)
-          .conflicts('verify', ['as', 'force', 'start', 'stop', 'tar', 'list'])
+          .conflicts('verify', ['as', 'force', 'start', 'stop', 'tar', 'list', 'to'])
+          .conflicts('to', ['force', 'wait', 'start', 'stop', 'tar', 'list'])
           .conflicts('tar', ['list', 'as', 'force', 'json', 'start', 'stop'])
           .conflicts('list', ['as', 'force', 'start', 'stop'])
           .check((a) => {
@@ -195,13 +201,17 @@ export function main(argv: string[]): Promise<void> {
             return;
           }
           if (files) await precheckFiles(inputs, args.as);
-          if (treeMode) {
-            const { unpackFromTree } = await import('../stages/unpack/from-tree.js');
-            // TEMPORARY until the replay is merged: becomes (dir) => replayChain(inputs, dir, {…}).
-            const produce = (await import('../stages/unpack/btrfs-tree.js')).btrfsTreeProducer(inputs, { log: ctx.log, signal: ctx.signal, progress });
+          if (treeMode || (args.to !== undefined && args.path)) {
+            const [{ unpackFromTree }, { replayChain }] = await Promise.all([import('../stages/unpack/from-tree.js'), import('../stages/unpack/replay/replay.js')]);
+            const produce = (dir: string) => replayChain(inputs, dir, { log: ctx.log, signal: ctx.signal, progress, as: args.as });
             const archiveBytes = files ? inputs.reduce((n, i) => n + (i.size ?? 0), 0) : undefined;
             const tmp = args.tmp ?? process.env['TMPDIR'] ?? '/tmp';
-            await unpackFromTree(produce, { mode: treeMode, json: args.json, paths: args.path, tmp, archiveBytes, out: process.stdout, log: ctx.log, signal: ctx.signal });
+            await unpackFromTree(produce, { mode: treeMode ?? 'to', to: args.to, json: args.json, paths: args.path, tmp, archiveBytes, out: process.stdout, log: ctx.log, signal: ctx.signal });
+            return;
+          }
+          if (args.to !== undefined) {
+            const { replayToDir } = await import('../stages/unpack/replay/to-dir.js');
+            await replayToDir(inputs, args.to, { log: ctx.log, signal: ctx.signal, progress, as: args.as });
             return;
           }
           await restoreChain(inputs, {

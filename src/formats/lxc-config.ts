@@ -215,6 +215,9 @@ export interface RestoreRewrite {
   newName?: string;
   /** Source of random bytes for MACs (tests pass a fixed one). */
   random?: (n: number) => Buffer;
+  /** The volumes are plain directories (restored by replay, not on BTRFS): the rootfs's
+   *  `btrfs:` backend becomes `dir:` (lxc.rootfs.backend = dir for LXC 2). */
+  plainDirs?: boolean;
 }
 
 export interface RestoreRewriteResult {
@@ -297,6 +300,10 @@ export function rewriteConfigForRestore(cfg: LxcConfig, opts: RestoreRewrite): R
     // LXC (and configVolumes) would split the path into fields.
     const to = (p: { to: string }) => (key === 'lxc.mount.entry' ? fstabEscape(opts.toDir) : p.to);
     for (const p of patterns) value = value.replace(p.re, (_m, pre: string) => pre + to(p));
+    if (opts.plainDirs) {
+      if ((key === 'lxc.rootfs.path' || key === 'lxc.rootfs') && value.startsWith('btrfs:')) value = 'dir:' + value.slice('btrfs:'.length);
+      if (key === 'lxc.rootfs.backend' && value === 'btrfs') value = 'dir';
+    }
     if (opts.newName !== undefined) {
       if (key === 'lxc.utsname' || key === 'lxc.uts.name') value = opts.newName;
       const net = netOf(key);

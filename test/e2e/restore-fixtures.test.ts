@@ -84,4 +84,15 @@ describe.skipIf(mode === 'skip')('restoring fixture archives on loopback BTRFS',
     expect(mac).not.toBe('00:16:3e:5a:2b:01');
     expect(cfg).toContain(`lxc.net.0.veth.pair = veth${mac.split(':').slice(3).join('')}\n`);
   });
+  it('replays the fixture chain and the original-layout archive with --to as the BTRFS restore restores them', async () => {
+    const old = path.join(FIXTURES, 'old_1477297700_Full.tar.gz');
+    for (const [name, archives] of [['fxr', `'${full}' '${incr}'`], ['oldr', `'${old}'`]] as const) {
+      const received = await sh(`sbk-unpack --as ${name} ${archives}`, sb);
+      expect(received.exitCode, received.stderr).toBe(0);
+      const to = path.join(sb.dir, `${name}-replayed`); // not on BTRFS
+      const replayed = await sh(`sbk-unpack --to '${to}' ${archives}`, sb);
+      expect(replayed.exitCode, replayed.stderr).toBe(0);
+      for (const v of ['rootfs', 'home']) expect(await treeDiff(path.join(sb.lxcDir, name, v), path.join(to, v)), `${name} ${v}`).toEqual([]);
+    }
+  });
 });

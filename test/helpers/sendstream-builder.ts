@@ -58,6 +58,24 @@ export const cmd = {
   unlink: (p: string) => command(Cmd.UNLINK, tlv(Attr.PATH, str(p))),
   write: (p: string, data: Buffer) =>
     command(Cmd.WRITE, Buffer.concat([tlv(Attr.PATH, str(p)), tlv(Attr.FILE_OFFSET, u64(0)), tlv(Attr.DATA, data)])),
+  writeAt: (p: string, offset: number, data: Buffer) =>
+    command(Cmd.WRITE, Buffer.concat([tlv(Attr.PATH, str(p)), tlv(Attr.FILE_OFFSET, u64(offset)), tlv(Attr.DATA, data)])),
+  truncate: (p: string, size: number) => command(Cmd.TRUNCATE, Buffer.concat([tlv(Attr.PATH, str(p)), tlv(Attr.SIZE, u64(size))])),
+  rmdir: (p: string) => command(Cmd.RMDIR, tlv(Attr.PATH, str(p))),
+  /** CLONE of `len` bytes at `cloneOffset` of `clonePath` in subvolume `cloneUuid` to `offset` of `p`. */
+  clone: (p: string, offset: number, len: number, cloneUuid: Buffer, clonePath: string, cloneOffset: number) =>
+    command(
+      Cmd.CLONE,
+      Buffer.concat([
+        tlv(Attr.PATH, str(p)),
+        tlv(Attr.FILE_OFFSET, u64(offset)),
+        tlv(Attr.CLONE_LEN, u64(len)),
+        tlv(Attr.CLONE_UUID, cloneUuid),
+        tlv(Attr.CLONE_CTRANSID, u64(7)),
+        tlv(Attr.CLONE_PATH, str(clonePath)),
+        tlv(Attr.CLONE_OFFSET, u64(cloneOffset)),
+      ]),
+    ),
   chmod: (p: string, mode: number) => command(Cmd.CHMOD, Buffer.concat([tlv(Attr.PATH, str(p)), tlv(Attr.MODE, u64(mode))])),
   chown: (p: string) => command(Cmd.CHOWN, Buffer.concat([tlv(Attr.PATH, str(p)), tlv(Attr.UID, u64(0)), tlv(Attr.GID, u64(0))])),
   rmdir: (p: string) => command(Cmd.RMDIR, tlv(Attr.PATH, str(p))),

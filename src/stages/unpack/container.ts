@@ -4,7 +4,7 @@
 // set ro false` breaks later incrementals), the mount points of nested subvolumes that were not
 // backed up, the LXC config rewritten for its new name or place, and last the modes, owners and
 // times of its directories and volume roots.
-import { lstat, mkdir, rm, chmod, chown, utimes, writeFile, readFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm, chmod, chown, utimes, writeFile, readFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -46,16 +46,20 @@ export class ContainerDir {
   private metaDirs: MetaDir[] = [];
   private readonly isRoot = process.getuid?.() === 0;
 
+  /** `reserved`: a name in the directory that is not the archive's (the replay's volumes being
+   *  built): reset() keeps it and a meta file of that name is refused. */
   constructor(
     readonly dir: string,
     private readonly log: Log,
     private readonly signal: AbortSignal,
+    private readonly reserved?: string,
   ) {}
 
   /** Empties it for the next archive: the meta files of the last archive are the ones restored. */
   async reset(): Promise<void> {
-    await rm(this.dir, { recursive: true, force: true });
-    await mkdir(this.dir, { mode: 0o755 });
+    if (this.reserved === undefined) await rm(this.dir, { recursive: true, force: true });
+    else for (const n of await readdir(this.dir).catch(() => [])) if (n !== this.reserved) await rm(path.join(this.dir, n), { recursive: true, force: true });
+    await mkdir(this.dir, { mode: 0o755, recursive: true });
     this.metaDirs = [];
   }
 
@@ -67,6 +71,7 @@ export class ContainerDir {
     const dest = rel === '' ? this.dir : path.join(this.dir, rel);
     const h = e.header;
     if (rel === '' && h.type !== 'directory') throw new SbkError(`${backup}: 'meta' is a file, not a directory`, ExitCode.corrupt);
+    if (this.reserved !== undefined && rel.split('/')[0] === this.reserved) throw new SbkError(`${backup}: meta/${rel} has a name sbk keeps for itself`, ExitCode.corrupt);
     const mode = (h.mode ?? (h.type === 'directory' ? 0o755 : 0o644)) & 0o7777;
     if (h.type === 'directory') {
       await mkdir(dest, { recursive: true });
@@ -87,8 +92,13 @@ export class ContainerDir {
       this.signal.throwIfAborted();
       await snapshot(sub, path.join(this.dir, volume), { readonly: false }, this.signal);
     }
-    for (const n of last.id.manifest?.nestedSubvolumes ?? []) {
-      if (last.received.has(n.volume)) await this.makeNestedDir(last.id.name, path.join(this.dir, n.volume), n);
+    await this.addNestedDirs(last.id, [...last.received.keys()]);
+  }
+
+  /** The mount points of the nested subvolumes of `volumes` that were not backed up (see makeNestedDir). */
+  async addNestedDirs(id: ChainId, volumes: string[]): Promise<void> {
+    for (const n of id.manifest?.nestedSubvolumes ?? []) {
+      if (volumes.includes(n.volume)) await this.makeNestedDir(id.name, path.join(this.dir, n.volume), n);
     }
   }
 
@@ -124,7 +134,7 @@ export class ContainerDir {
    * The config of a container restored under a new name or into another LXC dir. `fallbackOwner`
    * names the container when neither a manifest nor the config's own directory does.
    */
-  async rewriteConfig(id: ChainId, target: string, name: string, fallbackOwner: string): Promise<void> {
+  async rewriteConfig(id: ChainId, target: string, name: string, fallbackOwner: string, opts: { plainDirs?: boolean } = {}): Promise<void> {
     const file = path.join(this.dir, 'config');
     let text: string;
     try {
@@ -151,7 +161,7 @@ export class ContainerDir {
     // name, which may have been renamed, so there the config's own container directory decides.
     const owner = id.manifest ? id.manifest.container : configDir ? path.basename(configDir) : fallbackOwner;
     const renamed = name !== owner;
-    const { config, changes } = rewriteConfigForRestore(cfg, { fromDirs, toDir: target, newName: renamed ? name : undefined });
+    const { config, changes } = rewriteConfigForRestore(cfg, { fromDirs, toDir: target, newName: renamed ? name : undefined, plainDirs: opts.plainDirs });
     await this.warnMissingHostPaths(config, target, name);
     if (changes.length === 0) return;
     for (const c of changes) this.log.verbose(`config: ${c}`);

@@ -20,7 +20,7 @@ import type { Log } from '../../core/log.js';
 import { checkFollows, legacyId, type RestoreInput, type RestoreProgress } from './input.js';
 import { Receiver, type DeltaSource, type ReceivingArchive } from './receive.js';
 import { ContainerDir } from './container.js';
-import { Workspace } from './workspace.js';
+import { Workspace, lxcDirOnBtrfs } from './workspace.js';
 
 export interface RestoreOptions {
   lxcDir: string;
@@ -45,8 +45,15 @@ interface ArchiveState extends ReceivingArchive {
   id: ChainId;
 }
 
-/** Restores the chain the inputs hold, in order. On failure removes everything it made. */
-export function restoreChain(inputs: RestoreInput[], opts: RestoreOptions): Promise<void> {
+/**
+ * Restores the chain the inputs hold, in order. On failure removes everything it made. An LXC
+ * dir that is not on BTRFS gets the container by replay (replay/restore.ts).
+ */
+export async function restoreChain(inputs: RestoreInput[], opts: RestoreOptions): Promise<void> {
+  if (!(await lxcDirOnBtrfs(opts.lxcDir))) {
+    const { restoreByReplay } = await import('./replay/restore.js');
+    return restoreByReplay(inputs, opts);
+  }
   return new Restore(opts).run(inputs);
 }
 

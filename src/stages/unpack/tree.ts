@@ -10,22 +10,8 @@ import { SbkError, ExitCode } from '../../core/errors.js';
 import type { Log } from '../../core/log.js';
 import { configValue, configVolumes, parseLxcConfig, rootfsPath } from '../../formats/lxc-config.js';
 
-// The replay's result (src/stages/unpack/replay/replay.ts has the same shapes): repeated here
-// so that the tree readers work from any producer of a container directory.
-export interface MetaOverlayEntry {
-  uid?: number;
-  gid?: number;
-  mode?: number;
-  rdev?: number;
-  kind?: 'chr' | 'blk' | 'fifo' | 'sock';
-  xattrs?: Record<string, Buffer>;
-}
-/** What the tree on disk could not hold, by path relative to the container dir ("rootfs/etc/x"). */
-export type MetaOverlay = Map<string, MetaOverlayEntry>;
-export interface ReplayResult {
-  volumes: string[];
-  overlay: MetaOverlay;
-}
+export type { MetaOverlayEntry, MetaOverlay, ReplayResult } from './replay/replay.js';
+import type { MetaOverlay, MetaOverlayEntry, ReplayResult } from './replay/replay.js';
 /** Builds a container directory at `dir` (which does not exist yet) from the chain. */
 export type TreeProducer = (dir: string) => Promise<ReplayResult>;
 
@@ -168,11 +154,11 @@ export class ContainerView {
     return e;
   }
 
-  /** The overlay's entry: keyed by the path as text (UTF-8; raw bytes as latin1 when not UTF-8). */
+  /** The overlay's entry: keyed by the path's bytes as latin1 characters, as the replay names them. */
   private overlayOf(volume: string, rel: Buffer): MetaOverlayEntry | undefined {
     if (this.overlay.size === 0) return undefined;
-    const key = (s: string) => (s === '' ? volume : `${volume}/${s}`);
-    return this.overlay.get(key(rel.toString('utf8'))) ?? this.overlay.get(key(rel.toString('latin1')));
+    const r = rel.toString('latin1');
+    return this.overlay.get(r === '' ? volume : `${volume}/${r}`);
   }
 
   /** The volume seen at a container path, and the path inside it (the deepest mount wins). */

@@ -34,6 +34,8 @@ interface WorkspaceOptions {
   lockWait?: number;
   log: Log;
   signal: AbortSignal;
+  /** The chain is replayed into plain directories (the LXC dir is not on BTRFS; no root needed). */
+  replay?: boolean;
 }
 
 export class Workspace {
@@ -66,9 +68,10 @@ export class Workspace {
   async open(first: { container: string; name: string }): Promise<void> {
     const { lxcDir, force, signal } = this.opts;
     const { name, target } = this;
-    if (process.getuid?.() !== 0)
+    if (!this.opts.replay && process.getuid?.() !== 0)
       throw new SbkError('restoring needs root (btrfs receive); sbk-unpack --verify checks archives without it', ExitCode.failure);
-    await checkLxcDir(lxcDir);
+    if ((await lxcDirOnBtrfs(lxcDir)) !== !this.opts.replay)
+      throw new SbkError(`LXC directory ${lxcDir} ${this.opts.replay ? 'is' : 'is not'} on a BTRFS filesystem`, ExitCode.failure);
     // One restore per target at a time; held until the container is in place or cleaned up.
     this.lock = await acquireLock(restoreLockFile(lxcDir, name), {
       holder: `sbk-unpack (restore of ${name})`,
@@ -222,8 +225,8 @@ export class Workspace {
   }
 }
 
-/** The LXC dir must be a directory on BTRFS (receive and the final rename need that). */
-async function checkLxcDir(lxcDir: string): Promise<void> {
+/** Whether the LXC dir, which must be a directory, is on BTRFS (where receive restores; elsewhere the replay does). */
+export async function lxcDirOnBtrfs(lxcDir: string): Promise<boolean> {
   let onBtrfs: boolean;
   try {
     if (!(await stat(lxcDir)).isDirectory()) throw new SbkError(`LXC directory ${lxcDir} is not a directory`, ExitCode.failure);
@@ -234,7 +237,7 @@ async function checkLxcDir(lxcDir: string): Promise<void> {
     if (code === 'ENOTDIR') throw new SbkError(`LXC directory ${lxcDir}: a part of its path is not a directory`, ExitCode.failure);
     throw describeSystemError(err, `LXC directory ${lxcDir}`) ?? err;
   }
-  if (!onBtrfs) throw new SbkError(`LXC directory ${lxcDir} is not on a BTRFS filesystem`, ExitCode.failure);
+  return onBtrfs;
 }
 
 /**
