@@ -48,7 +48,8 @@ async function recordChangelog(r: BackupRecord, method: Method, log: Log, opts: 
     await requireSnapshot(method, vol.snapshot, 'snapshot');
     log.verbose(`${r.name}: ${vol.name}: ${hasOld ? `changes since ${prev!.name}` : prev ? `new volume, every path added` : `first backup, every path added`} (${method})`);
     const changes = await changesBetween(method, hasOld ? old : null, vol.snapshot, opts);
-    lines.push(...toLines(changes, vol.mount));
+    // One at a time: a spread of a volume's lines (500,000 paths) would overflow the call stack.
+    for (const line of toLines(changes, vol.mount)) lines.push(line);
   }
   return lines;
 }
