@@ -1,5 +1,5 @@
 // sbk-snap: container names in, one NDJSON backup record per backup out (snapshots made).
-import { runCli, writeOut, WAIT_OPTION, parseWait } from './common.js';
+import { runCli, writeOut, WAIT_OPTION, parseWait, type Context } from './common.js';
 import { SbkError, ExitCode } from '../core/errors.js';
 
 interface SnapArgs {
@@ -78,39 +78,9 @@ export function main(argv: string[]): Promise<void> {
           .conflicts('confirm', ['full', 'incremental', 'all', 'record-name', 'receipt', 'stop'])
           .conflicts('record-name', ['full', 'incremental', 'all', 'receipt', 'max-chain'])
           .conflicts('receipt', ['full', 'incremental', 'all', 'max-chain'])
-          .check((a) => {
-            const keep = a.keepSnapshots as number | undefined;
-            const max = a.maxChain as number | undefined;
-            if (keep !== undefined && (!Number.isInteger(keep) || keep < 1))
-              throw new Error('--keep-snapshots takes a whole number from 1 (the newest confirmed set is always kept)');
-            if (max !== undefined && (!Number.isInteger(max) || max < 0))
-              throw new Error('--max-chain takes a whole number from 0');
-            const ft = a.freezeTimeout as number | undefined;
-            if (ft !== undefined && (!Number.isFinite(ft) || ft <= 0 || ft > 3600)) throw new Error('--freeze-timeout takes a number of seconds above 0 (at most 3600)');
-            if (a.receipt) {
-              if (!a.host || !a.path || !String(a.path).startsWith('/')) throw new Error('--receipt needs --host and an absolute --path');
-              if (!Number.isSafeInteger(a.size) || (a.size as number) < 0) throw new Error('--receipt needs --size, a whole number of bytes');
-              if (!/^[0-9a-f]{64}$/.test(String(a.sha256 ?? ''))) throw new Error('--receipt needs --sha256, 64 hex digits');
-            }
-            return true;
-          }),
+          .check(checkSnapArgs),
       run: async (args, ctx) => {
-        if (args.recordName || args.receipt) {
-          if (args._.length) throw new SbkError('--record-name and --receipt read records on stdin; they take no container names', ExitCode.usage);
-          if (process.stdin.isTTY) throw new SbkError('stdin is a terminal: pipe backup records (sbk-snap output) in', ExitCode.usage);
-          const [{ readRecords }, { formatReceipt, receiptOfRecord }] = await Promise.all([
-            import('../formats/record.js'),
-            import('../formats/receipt.js'),
-          ]);
-          const stored = { host: args.host!, path: args.path!, size: args.size!, sha256: args.sha256! };
-          let n = 0;
-          for await (const r of readRecords(process.stdin)) {
-            n++;
-            await writeOut(args.receipt ? formatReceipt(receiptOfRecord(r, stored)) : `${r.name}\n`, ctx.signal);
-          }
-          if (n === 0) throw new SbkError('no input (did the stage before fail?): expected backup records on stdin', ExitCode.badInput);
-          return;
-        }
+        if (args.recordName || args.receipt) return printRecordNamesOrReceipts(args, ctx);
         const runs = await import('../stages/snap/runs.js');
         if (args.confirm) {
           if (args._.length) throw new SbkError('--confirm reads receipts on stdin; it takes no container names', ExitCode.usage);
@@ -145,4 +115,39 @@ export function main(argv: string[]): Promise<void> {
     },
     argv,
   );
+}
+
+/** The checks of the options that yargs cannot say by itself. */
+function checkSnapArgs(a: Record<string, unknown>): true {
+  const keep = a.keepSnapshots as number | undefined;
+  const max = a.maxChain as number | undefined;
+  if (keep !== undefined && (!Number.isInteger(keep) || keep < 1))
+    throw new Error('--keep-snapshots takes a whole number from 1 (the newest confirmed set is always kept)');
+  if (max !== undefined && (!Number.isInteger(max) || max < 0))
+    throw new Error('--max-chain takes a whole number from 0');
+  const ft = a.freezeTimeout as number | undefined;
+  if (ft !== undefined && (!Number.isFinite(ft) || ft <= 0 || ft > 3600)) throw new Error('--freeze-timeout takes a number of seconds above 0 (at most 3600)');
+  if (a.receipt) {
+    if (!a.host || !a.path || !String(a.path).startsWith('/')) throw new Error('--receipt needs --host and an absolute --path');
+    if (!Number.isSafeInteger(a.size) || (a.size as number) < 0) throw new Error('--receipt needs --size, a whole number of bytes');
+    if (!/^[0-9a-f]{64}$/.test(String(a.sha256 ?? ''))) throw new Error('--receipt needs --sha256, 64 hex digits');
+  }
+  return true;
+}
+
+/** --record-name, --receipt: backup records in, each one's backup name (or receipt) out. */
+async function printRecordNamesOrReceipts(args: SnapArgs & { _: (string | number)[] }, ctx: Context): Promise<void> {
+  if (args._.length) throw new SbkError('--record-name and --receipt read records on stdin; they take no container names', ExitCode.usage);
+  if (process.stdin.isTTY) throw new SbkError('stdin is a terminal: pipe backup records (sbk-snap output) in', ExitCode.usage);
+  const [{ readRecords }, { formatReceipt, receiptOfRecord }] = await Promise.all([
+    import('../formats/record.js'),
+    import('../formats/receipt.js'),
+  ]);
+  const stored = { host: args.host!, path: args.path!, size: args.size!, sha256: args.sha256! };
+  let n = 0;
+  for await (const r of readRecords(process.stdin)) {
+    n++;
+    await writeOut(args.receipt ? formatReceipt(receiptOfRecord(r, stored)) : `${r.name}\n`, ctx.signal);
+  }
+  if (n === 0) throw new SbkError('no input (did the stage before fail?): expected backup records on stdin', ExitCode.badInput);
 }
