@@ -275,7 +275,7 @@ async function localChainGap(dirs: Dirs, container: string, set: SetRef): Promis
     const names = archiveFileNames(container, link.time, link.full);
     let name: string | undefined;
     for (const n of names) if (await stat(path.join(dirs.backupDir, n)).then((st) => st.isFile(), () => false)) name ??= n;
-    if (!name) return `${names[0]} is not in ${dirs.backupDir} (nor ${names.slice(1).join(', ')})`;
+    if (!name) return `${names[0]} (or ${names.slice(1).join(', ')}) is not in ${dirs.backupDir}`;
     const file = path.join(dirs.backupDir, name);
     if (link.full) return undefined;
     let head;
