@@ -384,6 +384,9 @@ describe.skipIf(mode === 'skip')('a local chain whose archives were removed by h
     await sb?.cleanup();
   });
 
+  // A missing archive is named under both the names it may have (gzip, zstd).
+  const missing = (gz: string) => `${gz} (or ${gz.replace(/\.tar\.gz$/, '.tar.zst')})`;
+
   it('the Full archive removed: the next backup is a Full and says why; --incremental fails', async () => {
     const f = await backup();
     expect(f.exitCode).toBe(0);
@@ -394,13 +397,13 @@ describe.skipIf(mode === 'skip')('a local chain whose archives were removed by h
 
     const inc = await sh('sbk-snap --incremental c3', sb);
     expect(inc.exitCode).toBe(5);
-    expect(inc.stderr).toContain(`${stored(f)} is not in ${sb.backupDir}`);
+    expect(inc.stderr).toContain(`${missing(stored(f))} is not in ${sb.backupDir}`);
     expect(inc.stderr.trim().split('\n')).toHaveLength(1);
 
     const next = await backup();
     expect(next.exitCode).toBe(0);
     expect(stored(next)).toMatch(/^c3_\d+_Full\.tar\.gz$/);
-    expect(next.stderr).toContain(`the chain of ${stored(i).replace('.tar.gz', '')} is not whole: ${stored(f)} is not in ${sb.backupDir}; making a Full backup`);
+    expect(next.stderr).toContain(`the chain of ${stored(i).replace('.tar.gz', '')} is not whole: ${missing(stored(f))} is not in ${sb.backupDir}; making a Full backup`);
   });
 
   it('a middle incremental archive removed: the next backup is a Full and says why', async () => {
@@ -411,7 +414,7 @@ describe.skipIf(mode === 'skip')('a local chain whose archives were removed by h
     const next = await backup();
     expect(next.exitCode).toBe(0);
     expect(stored(next)).toMatch(/^c3_\d+_Full\.tar\.gz$/);
-    expect(next.stderr).toContain(`${stored(i1)} is not in ${sb.backupDir}; making a Full backup`);
+    expect(next.stderr).toContain(`${missing(stored(i1))} is not in ${sb.backupDir}; making a Full backup`);
     // The chain is whole again: the next backup is an incremental on that Full.
     const after = await backup();
     expect(after.stderr).toBe('');
