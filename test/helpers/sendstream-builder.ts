@@ -78,20 +78,6 @@ export const cmd = {
     ),
   chmod: (p: string, mode: number) => command(Cmd.CHMOD, Buffer.concat([tlv(Attr.PATH, str(p)), tlv(Attr.MODE, u64(mode))])),
   chown: (p: string) => command(Cmd.CHOWN, Buffer.concat([tlv(Attr.PATH, str(p)), tlv(Attr.UID, u64(0)), tlv(Attr.GID, u64(0))])),
-  rmdir: (p: string) => command(Cmd.RMDIR, tlv(Attr.PATH, str(p))),
-  clone: (p: string, fromUuid: Buffer, from: string) =>
-    command(
-      Cmd.CLONE,
-      Buffer.concat([
-        tlv(Attr.PATH, str(p)),
-        tlv(Attr.FILE_OFFSET, u64(0)),
-        tlv(Attr.CLONE_LEN, u64(4096)),
-        tlv(Attr.CLONE_UUID, fromUuid),
-        tlv(Attr.CLONE_CTRANSID, u64(7)),
-        tlv(Attr.CLONE_PATH, str(from)),
-        tlv(Attr.CLONE_OFFSET, u64(0)),
-      ]),
-    ),
   end: () => command(Cmd.END, Buffer.alloc(0)),
 };
 

@@ -40,7 +40,7 @@ describe('tree model of a chain', () => {
       [incremental(cmd.mkfile('g')), /mkfile .*'g' exists already/],
       [incremental(cmd.rmdir('a')), /rmdir .*the directory 'a' is not empty/],
       [incremental(cmd.mkfile('x/y')), /the directory of 'x\/y' does not exist/],
-      [incremental(cmd.clone('g', FULL, 'never')), /clone .*the clone source 'never' does not exist in the parent/],
+      [incremental(cmd.clone('g', 0, 4096, FULL, 'never', 0)), /clone .*the clone source 'never' does not exist in the parent/],
     ];
     for (const [bytes, re] of cases) {
       const m = new TreeModel();
@@ -53,10 +53,10 @@ describe('tree model of a chain', () => {
     const m = new TreeModel();
     apply(m, full);
     // a/f renamed away and a/ removed by this stream: still there in the parent.
-    expect(() => apply(m, incremental(cmd.rename('a/f', 'd/f2'), cmd.rmdir('a'), cmd.clone('g', FULL, 'a/f'), cmd.clone('g', INCR, 'd/f2')))).not.toThrow();
+    expect(() => apply(m, incremental(cmd.rename('a/f', 'd/f2'), cmd.rmdir('a'), cmd.clone('g', 0, 4096, FULL, 'a/f', 0), cmd.clone('g', 0, 4096, INCR, 'd/f2', 0)))).not.toThrow();
     const m2 = new TreeModel();
     apply(m2, full);
-    expect(() => apply(m2, incremental(cmd.mkfile('new'), cmd.clone('g', FULL, 'new')))).toThrow(/'new' does not exist in the parent/);
+    expect(() => apply(m2, incremental(cmd.mkfile('new'), cmd.clone('g', 0, 4096, FULL, 'new', 0)))).toThrow(/'new' does not exist in the parent/);
     expect(() => apply(m2, stream(cmd.snapshot('s3', Buffer.alloc(16, 3), INCR), cmd.write('new', Buffer.from('y'))))).not.toThrow();
   });
 

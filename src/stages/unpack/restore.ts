@@ -50,7 +50,10 @@ interface ArchiveState extends ReceivingArchive {
  * dir that is not on BTRFS gets the container by replay (replay/restore.ts).
  */
 export async function restoreChain(inputs: RestoreInput[], opts: RestoreOptions): Promise<void> {
-  if (!(await lxcDirOnBtrfs(opts.lxcDir))) {
+  // An LXC dir that cannot be used is reported where it always was, once the first archive has
+  // been read (after what is wrong with the archives themselves): the BTRFS restore's path.
+  const onBtrfs = await lxcDirOnBtrfs(opts.lxcDir).catch(() => true);
+  if (!onBtrfs) {
     const { restoreByReplay } = await import('./replay/restore.js');
     return restoreByReplay(inputs, opts);
   }
