@@ -4,10 +4,8 @@
 // --numeric-ids` finds nothing, link counts agree, and sparse files stay sparse.
 import { expect } from 'vitest';
 import { execa } from 'execa';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { SANDBOX_PREFIX, makeContainer, sh, unmount, type Sandbox } from './sandbox.js';
+import { makeContainer, scratchMount, sh, type Sandbox } from './sandbox.js';
 
 export interface ChainPoint {
   archive: string;
@@ -114,28 +112,15 @@ export interface ScratchFs {
 
 /** An ext4 loop image or a tmpfs, mounted where the sandbox sweep finds it; unmounted and removed by cleanup. */
 export async function makeScratchFs(kind: 'ext4' | 'tmpfs', sizeMiB = 512): Promise<ScratchFs> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), `${SANDBOX_PREFIX}${process.env.SBK_TEST_RUN ?? process.pid}-`));
-  const mnt = path.join(dir, 'mnt');
-  await mkdir(mnt);
-  let mounted = false;
-  const cleanup = async () => {
-    if (mounted) await unmount(mnt);
-    mounted = false;
-    await rm(dir, { recursive: true, force: true });
-  };
-  try {
+  const { mnt, cleanup } = await scratchMount(async (dir, m) => {
     if (kind === 'ext4') {
       const image = path.join(dir, 'ext4.img');
       await execa('truncate', ['-s', `${sizeMiB}M`, image]);
       await execa('mkfs.ext4', ['-q', '-F', image]);
-      await execa('mount', ['-o', 'loop', image, mnt]);
-    } else await execa('mount', ['-t', 'tmpfs', '-o', `size=${sizeMiB}M`, 'tmpfs', mnt]);
-    mounted = true;
-    return { mnt, cleanup };
-  } catch (err) {
-    await cleanup();
-    throw err;
-  }
+      await execa('mount', ['-o', 'loop', image, m]);
+    } else await execa('mount', ['-t', 'tmpfs', '-o', `size=${sizeMiB}M`, 'tmpfs', m]);
+  });
+  return { mnt, cleanup };
 }
 
 /** `find -printf` of a tree, NUL-separated, as path → fields. */

@@ -50,9 +50,13 @@ async function run(cmd: string, args: string[], opts: Options = {}) {
   return execa(cmd, args, { stdin: 'ignore', ...opts });
 }
 
-export async function makeSandbox(opts: { sizeMiB?: number; name?: string } = {}): Promise<Sandbox> {
+/**
+ * A directory for a test's filesystem (where the sandbox sweep finds it) with its mount point
+ * `mnt`: `mount` runs the mount, `cleanup` unmounts it (when mounted) and removes the directory.
+ * A failing mount cleans up before it throws.
+ */
+export async function scratchMount(mount: (dir: string, mnt: string) => Promise<void>): Promise<{ dir: string; mnt: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(path.join(os.tmpdir(), `${SANDBOX_PREFIX}${runId()}-`));
-  const image = path.join(dir, 'btrfs.img');
   const mnt = path.join(dir, 'mnt');
   await mkdir(mnt);
   let mounted = false;
@@ -62,12 +66,25 @@ export async function makeSandbox(opts: { sizeMiB?: number; name?: string } = {}
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    // 114 MiB is about the smallest image mkfs.btrfs accepts with default (DUP) metadata.
-    const size = Math.max(opts.sizeMiB ?? 256, 114);
-    await run('truncate', ['-s', `${size}M`, image]);
-    await run('mkfs.btrfs', ['-q', '-f', image]);
-    await run('mount', ['-o', 'loop', image, mnt]);
+    await mount(dir, mnt);
     mounted = true;
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+  return { dir, mnt, cleanup };
+}
+
+export async function makeSandbox(opts: { sizeMiB?: number; name?: string } = {}): Promise<Sandbox> {
+  // 114 MiB is about the smallest image mkfs.btrfs accepts with default (DUP) metadata.
+  const size = Math.max(opts.sizeMiB ?? 256, 114);
+  const { dir, mnt, cleanup } = await scratchMount(async (d, m) => {
+    await run('truncate', ['-s', `${size}M`, path.join(d, 'btrfs.img')]);
+    await run('mkfs.btrfs', ['-q', '-f', path.join(d, 'btrfs.img')]);
+    await run('mount', ['-o', 'loop', path.join(d, 'btrfs.img'), m]);
+  });
+  const image = path.join(dir, 'btrfs.img');
+  try {
     const lxcDir = path.join(mnt, 'lxc');
     await run('btrfs', ['subvolume', 'create', lxcDir]);
     const backupDir = path.join(lxcDir, 'backups');

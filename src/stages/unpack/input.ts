@@ -7,6 +7,7 @@ import { chainId, followProblem, type ChainId } from '../../formats/archive/link
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { ParsedArchiveName } from '../../core/layout.js';
 import type { ProgressHooks } from '../../core/progress.js';
+import type { ArchiveEntry } from '../../formats/archive/archive.js';
 
 export interface RestoreInput {
   /** A path, or 'stdin': for messages. */
@@ -67,3 +68,39 @@ export async function precheckFiles(inputs: RestoreInput[], as: string | undefin
     prev = id;
   }
 }
+
+/** What a restore (by receive or by replay) does with the entries of an archive. */
+export interface EntryHandlers {
+  /** The archive being read, once begun. */
+  current(): { id: ChainId } | undefined;
+  begin(id: ChainId): Promise<void>;
+  meta(e: ArchiveEntry, archive: string): Promise<void>;
+  delta(e: ArchiveEntry): Promise<void>;
+  /** The trailer: readArchives yields it only once every entry and delta matched it. */
+  end(): Promise<void> | void;
+}
+
+/**
+ * One entry of a restore's input to its handler. An archive begins at its manifest, or, for an
+ * original Subutai archive (none), at its first entry, named by its file (or --as).
+ */
+export async function routeEntry(e: ArchiveEntry, input: RestoreInput, as: string | undefined, h: EntryHandlers): Promise<void> {
+  if (!h.current()) {
+    if (e.role === 'manifest') return h.begin(chainId(e.manifest));
+    await h.begin(legacyId(input, as));
+  }
+  const cur = h.current()!;
+  switch (e.role) {
+    case 'manifest':
+      throw new SbkError(`${input.source}: a second manifest inside ${cur.id.name}`, ExitCode.corrupt);
+    case 'meta':
+      return h.meta(e, cur.id.name);
+    case 'changelog':
+      return; // not needed to restore; the reader still checks its sha256
+    case 'delta':
+      return h.delta(e);
+    case 'trailer':
+      return h.end();
+  }
+}
+

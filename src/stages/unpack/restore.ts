@@ -11,13 +11,13 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { readArchives, type ArchiveEntry } from '../../formats/archive/archive.js';
 import { readError } from '../../formats/archive/open.js';
-import { chainId, type ChainId } from '../../formats/archive/links.js';
+import type { ChainId } from '../../formats/archive/links.js';
 import { removeTree } from '../../system/btrfs.js';
 import { startContainer } from '../../system/lxc-control.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { checkContainerName, formatTime } from '../../core/layout.js';
 import type { Log } from '../../core/log.js';
-import { checkFollows, legacyId, type RestoreInput, type RestoreProgress } from './input.js';
+import { checkFollows, routeEntry, type RestoreInput, type RestoreProgress } from './input.js';
 import { Receiver, type DeltaSource, type ReceivingArchive } from './receive.js';
 import { ContainerDir } from './container.js';
 import { Workspace, lxcDirOnBtrfs } from './workspace.js';
@@ -117,31 +117,14 @@ class Restore {
     }
   }
 
-  private async entry(e: ArchiveEntry, input: RestoreInput): Promise<void> {
-    if (!this.current) {
-      if (e.role === 'manifest') {
-        await this.beginArchive(chainId(e.manifest));
-        return;
-      }
-      await this.beginArchive(legacyId(input, this.opts.as));
-    }
-    const cur = this.current!;
-    switch (e.role) {
-      case 'manifest':
-        throw new SbkError(`${input.source}: a second manifest inside ${cur.id.name}`, ExitCode.corrupt);
-      case 'meta':
-        await this.container!.writeMeta(e, cur.id.name);
-        return;
-      case 'changelog':
-        return; // not needed to restore; the reader still checks its sha256
-      case 'delta':
-        await this.receiver.delta(cur, e, this.from!);
-        return;
-      case 'trailer':
-        // readArchives yields the trailer only once every entry and delta matched it.
-        await this.endArchive();
-        return;
-    }
+  private entry(e: ArchiveEntry, input: RestoreInput): Promise<void> {
+    return routeEntry(e, input, this.opts.as, {
+      current: () => this.current,
+      begin: (id) => this.beginArchive(id),
+      meta: (m, archive) => this.container!.writeMeta(m, archive),
+      delta: (d) => this.receiver.delta(this.current!, d, this.from!),
+      end: () => this.endArchive(),
+    });
   }
 
   private async beginArchive(id: ChainId): Promise<void> {

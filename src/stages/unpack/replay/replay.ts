@@ -9,13 +9,13 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { readArchives, type ArchiveEntry } from '../../../formats/archive/archive.js';
 import { readError } from '../../../formats/archive/open.js';
-import { chainId, type ChainId } from '../../../formats/archive/links.js';
+import type { ChainId } from '../../../formats/archive/links.js';
 import { SendStreamReader } from '../../../formats/sendstream/reader.js';
 import { XattrWriter } from '../../../system/xattr.js';
 import { SbkError, ExitCode } from '../../../core/errors.js';
 import { formatTime } from '../../../core/layout.js';
 import type { Log } from '../../../core/log.js';
-import { checkFollows, legacyId, type RestoreInput, type RestoreProgress } from '../input.js';
+import { checkFollows, routeEntry, type RestoreInput, type RestoreProgress } from '../input.js';
 import { ContainerDir } from '../container.js';
 import { VolumeReplay } from './volume.js';
 import type { MetaOverlay } from './overlay.js';
@@ -122,27 +122,14 @@ class Replay {
     }
   }
 
-  private async entry(e: ArchiveEntry, input: RestoreInput, tarStream: Readable): Promise<void> {
-    if (!this.current) {
-      if (e.role === 'manifest') return this.beginArchive(chainId(e.manifest));
-      await this.beginArchive(legacyId(input, this.opts.as));
-    }
-    const cur = this.current!;
-    switch (e.role) {
-      case 'manifest':
-        throw new SbkError(`${input.source}: a second manifest inside ${cur.id.name}`, ExitCode.corrupt);
-      case 'meta':
-        await this.container!.writeMeta(e, cur.id.name);
-        return;
-      case 'changelog':
-        return;
-      case 'delta':
-        await this.delta(cur, e, input, tarStream);
-        return;
-      case 'trailer':
-        this.endArchive();
-        return;
-    }
+  private entry(e: ArchiveEntry, input: RestoreInput, tarStream: Readable): Promise<void> {
+    return routeEntry(e, input, this.opts.as, {
+      current: () => this.current,
+      begin: (id) => this.beginArchive(id),
+      meta: (m, archive) => this.container!.writeMeta(m, archive),
+      delta: (d) => this.delta(this.current!, d, input, tarStream),
+      end: () => this.endArchive(),
+    });
   }
 
   private async beginArchive(id: ChainId): Promise<void> {
