@@ -6,8 +6,10 @@
 // uploader, a corrupt object, wrong credentials and a missing bucket fail with one line.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
+import tls from 'node:tls';
+import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { checkReceipt, type Receipt } from '../../src/formats/receipt.js';
@@ -320,3 +322,38 @@ describe('errors of the server, one line each', () => {
     expect(oneLine(opt.stderr, 'sbk-plan')).toMatch(/no backup of c1 in s3:\/\//);
   });
 });
+
+describe('TLS with a private CA', () => {
+  it('--s3-ca (or SBK_S3_CA) names the CA of a server sbk does not know; without it: one line, exit 1', async () => {
+    const b = await s3.bucket();
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'sbk-s3-tls-'));
+    // A certificate of its own for 127.0.0.1, in front of the test server (TLS ends here).
+    const [key, cert] = [path.join(dir, 'key.pem'), path.join(dir, 'cert.pem')];
+    await execa('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
+    const upstream = new URL(s3.endpoint);
+    const proxy = tls.createServer({ key: await readFile(key), cert: await readFile(cert) }, (client) => {
+      const up = net.connect(Number(upstream.port), upstream.hostname);
+      client.on('error', () => up.destroy());
+      up.on('error', () => client.destroy());
+      client.pipe(up).pipe(client);
+    });
+    try {
+      await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+      const endpoint = `https://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
+      const args = ['c1', '--dir', `s3://${b}/p`, '--s3-endpoint', endpoint];
+      const unknown = await run('sbk-plan', args);
+      expect(unknown.exitCode, unknown.stderr).toBe(1);
+      expect(oneLine(unknown.stderr, 'sbk-plan')).toMatch(/cannot verify the TLS certificate of .*--s3-ca FILE or SBK_S3_CA/);
+      // Reached: the bucket is there and empty.
+      const withCa = await run('sbk-plan', [...args, '--s3-ca', cert]);
+      expect(withCa.exitCode, withCa.stderr).toBe(5);
+      expect(oneLine(withCa.stderr, 'sbk-plan')).toMatch(/no backup of c1 in s3:\/\//);
+      const byEnv = await run('sbk-plan', args, { env: { SBK_S3_CA: cert } });
+      expect(byEnv.exitCode, byEnv.stderr).toBe(5);
+    } finally {
+      await new Promise((r) => proxy.close(r));
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
