@@ -32,6 +32,7 @@ import {
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { SOURCES, VOLUMES, budget, copyBudget } from './content.mjs';
 import { sectionFixedCost, fixedCostReport } from './fixed-cost.mjs';
 import { benchObjectStorage, objectStorageReport } from './s3.mjs';
 
@@ -61,15 +62,7 @@ const KEEP = flag('--keep');
 const HELP_RUNS = 10;
 const F_ROUNDS = Math.max(ROUNDS, 4); // progress costs less than the noise of one pair: more pairs
 
-// Content per volume (MiB of file data) and where it comes from; first sources first.
-const BUDGET = QUICK ? { rootfs: 160, home: 50, opt: 30, var: 30 } : { rootfs: 500, home: 200, opt: 120, var: 120 };
-const SOURCES = {
-  rootfs: ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib/python3', '/usr/lib'],
-  home: ['/usr/share/doc', '/usr/share/man', '/usr/share'],
-  opt: ['/usr/lib/gcc', '/usr/lib/jvm', '/usr/local', '/usr/lib'],
-  var: ['/usr/share/locale', '/usr/share/perl', '/usr/share', '/usr/lib'],
-};
-const VOLUMES = ['rootfs', 'home', 'opt', 'var'];
+const BUDGET = budget(QUICK);
 
 // ---- process handling ------------------------------------------------------------------------
 const children = new Set();
@@ -260,60 +253,6 @@ async function makeContainerDir(sb, name, makeVolume) {
   return cdir;
 }
 
-/** Copies files from `sources` (in sorted order, each file once) into `dst` until `budget` bytes. */
-async function copyBudget(sources, dst, budget, seen) {
-  let copied = 0;
-  let files = 0;
-  const queue = [];
-  const flush = async () => {
-    await Promise.all(queue.splice(0));
-  };
-  const walk = async (src) => {
-    if (copied >= budget) return;
-    let st;
-    try {
-      st = await lstat(src);
-    } catch {
-      return;
-    }
-    const key = `${st.dev}:${st.ino}`;
-    if (seen.has(key)) return;
-    seen.add(key);
-    const rel = path.relative('/usr', src);
-    const to = path.join(dst, rel);
-    if (st.isDirectory()) {
-      await mkdir(to, { recursive: true });
-      let names;
-      try {
-        names = (await readdir(src)).sort();
-      } catch {
-        return;
-      }
-      for (const n of names) {
-        if (copied >= budget) break;
-        await walk(path.join(src, n));
-      }
-    } else if (st.isSymbolicLink()) {
-      try {
-        await symlink(await readlink(src), to);
-      } catch {
-        /* exists */
-      }
-    } else if (st.isFile()) {
-      if (copied + st.size > budget * 1.02) return; // a smaller file may still fit
-      copied += st.size;
-      files++;
-      queue.push(copyFile(src, to).catch(() => {}));
-      if (queue.length >= 16) await flush();
-    }
-  };
-  for (const s of sources) {
-    if (copied >= budget) break;
-    if (existsSync(s)) await walk(s);
-  }
-  await flush();
-  return { bytes: copied, files };
-}
 
 /** Pseudo-random, incompressible bytes (xorshift), fast enough to write GiBs. */
 function randomBlock(size, seed) {

@@ -15,6 +15,7 @@ import { mkdir, readdir, lstat, copyFile, writeFile, appendFile, rm, stat, readF
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { SOURCES, VOLUMES, budget, copyBudget } from './content.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = (n) => path.join(ROOT, 'bin', n);
@@ -22,14 +23,7 @@ const MiB = 1024 * 1024;
 const argv = process.argv.slice(2);
 const QUICK = argv.includes('--quick');
 const ROUNDS = Math.max(1, Number(argv[argv.indexOf('--rounds') + 1] || 3) || 3);
-const VOLUMES = ['rootfs', 'home', 'opt', 'var'];
-const BUDGET = QUICK ? { rootfs: 160, home: 50, opt: 30, var: 30 } : { rootfs: 500, home: 200, opt: 120, var: 120 };
-const SOURCES = {
-  rootfs: ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib/python3', '/usr/lib'],
-  home: ['/usr/share/doc', '/usr/share/man', '/usr/share'],
-  opt: ['/usr/lib/gcc', '/usr/lib/jvm', '/usr/local', '/usr/lib'],
-  var: ['/usr/share/locale', '/usr/share/perl', '/usr/share', '/usr/lib'],
-};
+const BUDGET = budget(QUICK);
 const TARGETS = { vsZstd: 1.1, vsGzip: 3, restore: 1.15, rssMiB: 150 };
 
 const log = (m) => process.stderr.write(`[zstd bench ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
@@ -76,25 +70,6 @@ async function pipeline(stages, env) {
   return { wall: r.ms / 1000, stages: per, stdout: r.stdout };
 }
 
-async function copyBudget(sources, dst, budget, seen) {
-  let copied = 0;
-  const walk = async (src) => {
-    if (copied >= budget) return;
-    const st = await lstat(src).catch(() => undefined);
-    if (!st || seen.has(`${st.dev}:${st.ino}`)) return;
-    seen.add(`${st.dev}:${st.ino}`);
-    const to = path.join(dst, path.relative('/usr', src));
-    if (st.isDirectory()) {
-      await mkdir(to, { recursive: true });
-      for (const n of (await readdir(src).catch(() => [])).sort()) await walk(path.join(src, n));
-    } else if (st.isFile() && copied + st.size <= budget * 1.02) {
-      copied += st.size;
-      await copyFile(src, to).catch(() => {});
-    }
-  };
-  for (const s of sources) if (existsSync(s)) await walk(s);
-  return copied;
-}
 
 async function removeSubvolumesIn(dir) {
   if (!existsSync(dir)) return;
@@ -131,7 +106,7 @@ async function setup() {
   let bytes = 0;
   for (const v of VOLUMES) {
     await sh(`btrfs -q subvolume create ${q(path.join(cdir, v))}`);
-    bytes += await copyBudget(SOURCES[v], path.join(cdir, v), BUDGET[v] * MiB, seen);
+    bytes += (await copyBudget(SOURCES[v], path.join(cdir, v), BUDGET[v] * MiB, seen)).bytes;
   }
   const conf = [
     `lxc.rootfs = ${cdir}/rootfs`,
