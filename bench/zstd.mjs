@@ -4,7 +4,9 @@
 // alternating, several rounds, medians (each stage timed with /usr/bin/time: wall, CPU, peak RSS):
 //   Full backup   sbk-snap | sbk-send | sbk-pack --compress zstd   vs  btrfs send | zstd -3 -T2 > file
 //                 vs sbk's gzip backup (sbk-pack)  vs  a bare btrfs send > /dev/null (the source's limit)
+//                 vs btrfs send | node | node | zstd -3 -T2 (bench/relay.mjs: the floor of sbk's shape)
 //   restore       sbk-plan | sbk-unpack of a zstd chain (Full + incremental)  vs  zstd -dc | btrfs receive
+//                 vs zstd -dc | node | btrfs receive (the floor of sbk's shape)
 // and the sizes. Prints one JSON object on stdout: the numbers and a `markdown` section that
 // bench/run.js puts into bench/RESULTS.md (section z); alone, `--write` puts it in bench/zstd.md.
 // Usage: node bench/zstd.mjs [--quick] [--rounds N]
@@ -25,6 +27,9 @@ const QUICK = argv.includes('--quick');
 const ROUNDS = Math.max(1, Number(argv[argv.indexOf('--rounds') + 1] || 3) || 3);
 const BUDGET = budget(QUICK);
 const TARGETS = { vsZstd: 1.1, vsGzip: 3, restore: 1.15, rssMiB: 150 };
+const RELAY = path.join(ROOT, 'bench', 'relay.mjs');
+const RELAYS_FULL = 'btrfs send | node | node | zstd -3 -T2';
+const RELAY_RESTORE = 'zstd -dc | node | btrfs receive';
 
 const log = (m) => process.stderr.write(`[zstd bench ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 const q = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
@@ -175,12 +180,14 @@ async function main() {
       'btrfs send | zstd -3 -T2': byHand(`zstd -q -3 -T2 > ${q(path.join(sb.work, 'base.zst'))}`, 'zstd -3 -T2'),
       'sbk gzip': sbkBackup('gzip', true),
       'btrfs send > /dev/null': byHand('cat > /dev/null', 'cat'),
+      // sbk's shape with no work in it: the bytes cross two Node processes (sbk-send's and sbk-pack's places).
+      [RELAYS_FULL]: byHand(`node ${q(RELAY)} | node ${q(RELAY)} | zstd -q -3 -T2 > ${q(path.join(sb.work, 'relay.zst'))}`, 'node | node | zstd -3 -T2'),
     },
     async (n, r, res) => {
       if (n.startsWith('sbk')) {
         if (n === 'sbk zstd' && r === ROUNDS - 1) keptFull = res.file;
         else await dropBackup(sb, res.file);
-      } else if (n.startsWith('btrfs send |') && r === ROUNDS - 1) {
+      } else if (n === 'btrfs send | zstd -3 -T2' && r === ROUNDS - 1) {
         await sh(`mv ${q(path.join(sb.work, 'base.zst'))} ${q(path.join(sb.work, 'base-full.zst'))} && mv ${q(snaps)} ${q(snaps + '-full')}`);
       } else await removeSubvolumesIn(snaps);
     },
@@ -208,6 +215,15 @@ async function main() {
         const s2 = [T('zstd -dc (incr.)', `zstd -q -dc ${q(path.join(sb.work, 'base-inc.zst'))}`), T('btrfs receive (incr.)', `btrfs receive -q ${q(d2)}`)];
         // The incremental's parents are the Full's snapshots received into d1.
         await sh(`${s[0].text} | ${s[1].text} && ${s2[0].text} | ${s2[1].text}`);
+        return { wall: (performance.now() - t0) / 1000, stages: {} };
+      },
+      // The same with sbk-unpack's place taken by a Node process that only passes the bytes on.
+      [RELAY_RESTORE]: async () => {
+        await mkdir(d1, { recursive: true });
+        await mkdir(d2, { recursive: true });
+        const t0 = performance.now();
+        const one = (zst, d) => `zstd -q -dc ${q(path.join(sb.work, zst))} | node ${q(RELAY)} | btrfs receive -q ${q(d)}`;
+        await sh(`${one('base-full.zst', d1)} && ${one('base-inc.zst', d2)}`);
         return { wall: (performance.now() - t0) / 1000, stages: {} };
       },
     },
@@ -240,6 +256,11 @@ function summarize(sb, full, restore, kept) {
     vsBareSend: F['sbk zstd'].wall / F['btrfs send > /dev/null'].wall,
     restore: R['sbk-plan | sbk-unpack (zstd chain)'].wall / R['zstd -dc | btrfs receive'].wall,
     rssMiB: Math.max(F['sbk zstd'].rssMiB, rss(sbkRestore)),
+    // What sbk's shape alone costs (Node processes passing the bytes), and sbk against that floor.
+    floorFull: F[RELAYS_FULL].wall / F['btrfs send | zstd -3 -T2'].wall,
+    vsFloorFull: F['sbk zstd'].wall / F[RELAYS_FULL].wall,
+    floorRestore: R[RELAY_RESTORE].wall / R['zstd -dc | btrfs receive'].wall,
+    vsFloorRestore: R['sbk-plan | sbk-unpack (zstd chain)'].wall / R[RELAY_RESTORE].wall,
   };
   const cell = (n) => n.replace(/\|/g, '\\|'); // a pipe inside a table cell
   const ok = (b) => (b ? 'met' : '**missed**');
@@ -270,6 +291,10 @@ function summarize(sb, full, restore, kept) {
     `| restore of a zstd chain ≤ ${TARGETS.restore}× \`zstd -dc \\| btrfs receive\` | ${ratios.restore.toFixed(2)}× | ${ok(ratios.restore <= TARGETS.restore)} |`,
     `| peak RSS of any sbk stage (zstd child included) ≤ ${TARGETS.rssMiB} MiB | ${ratios.rssMiB.toFixed(0)} MiB | ${ok(ratios.rssMiB <= TARGETS.rssMiB)} |`,
     `| sbk zstd Full / bare \`btrfs send > /dev/null\` (the source's limit) | ${ratios.vsBareSend.toFixed(2)}× | |`,
+    `| the floor of sbk's shape, backup: \`${cell(RELAYS_FULL)}\` / \`btrfs send \| zstd -3 -T2\` | ${ratios.floorFull.toFixed(2)}× | |`,
+    `| sbk zstd Full / that floor | ${ratios.vsFloorFull.toFixed(2)}× | |`,
+    `| the floor of sbk's shape, restore: \`${cell(RELAY_RESTORE)}\` / \`zstd -dc \| btrfs receive\` | ${ratios.floorRestore.toFixed(2)}× | |`,
+    `| sbk restore / that floor | ${ratios.vsFloorRestore.toFixed(2)}× | |`,
     '',
     `zstd archive sizes: Full ${mib(F['sbk zstd'].size)} MiB (gzip ${mib(F['sbk gzip'].size)} MiB, ${(F['sbk zstd'].size / F['sbk gzip'].size).toFixed(3)}×; bare zstd -3 ${mib(F['btrfs send | zstd -3 -T2'].size)} MiB).`,
   ];

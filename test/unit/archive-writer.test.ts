@@ -64,7 +64,10 @@ describe('ArchiveWriter.addDelta', () => {
     expect(maxAhead).toBeGreaterThan(DEFAULT_PART_SIZE + 256 * 1024);
     expect(maxAhead).toBeLessThanOrEqual(DEFAULT_PART_SIZE + 4 * MiB + 1 * MiB);
 
-    expect(trailer.volumes.rootfs).toEqual({ size: data.length, sha256: createHash('sha256').update(data).digest('hex'), parts: 3 });
+    // Format 2: the whole delta's sha256 is of its parts' digests, in order.
+    const sha = (b: Buffer) => createHash('sha256').update(b).digest();
+    const partDigests = [0, 1, 2].map((i) => sha(data.subarray(i * DEFAULT_PART_SIZE, (i + 1) * DEFAULT_PART_SIZE)));
+    expect(trailer.volumes.rootfs).toEqual({ size: data.length, sha256: sha(Buffer.concat(partDigests)).toString('hex'), parts: 3 });
     const names: string[] = [];
     const got: Buffer[] = [];
     for await (const e of readArchives(Readable.from(out))) {

@@ -243,7 +243,7 @@ const manifestEntry = (m: Manifest | Record<string, unknown>): RawEntry => ({ na
 /** The trailer that matches the given entries (the manifest first): hand-made archives that are whole. */
 function trailerFor(entries: RawEntry[], tweak?: (t: Trailer) => void): RawEntry {
   const m = JSON.parse(String(entries[0]!.body)) as Manifest;
-  const t: Trailer = { sbk: 'trailer', format: ARCHIVE_FORMAT, name: m.name, entries: [], volumes: {} };
+  const t: Trailer = { sbk: 'trailer', format: m.format, name: m.name, entries: [], volumes: {} };
   const vh = new Map<string, { h: ReturnType<typeof createHash>; size: number; parts: number }>();
   for (const e of entries) {
     if ((e.type ?? '0') !== '0') continue;
@@ -252,7 +252,8 @@ function trailerFor(entries: RawEntry[], tweak?: (t: Trailer) => void): RawEntry
     const d = DELTA.exec(e.name);
     if (d) {
       const s = vh.get(d[1]!) ?? { h: createHash('sha256'), size: 0, parts: 0 };
-      s.h.update(body);
+      // Format 1: a whole delta's sha256 is of its bytes; from format 2, of its parts' digests.
+      s.h.update(m.format === 1 ? body : Buffer.from(sha(body), 'hex'));
       s.size += body.length;
       s.parts++;
       vh.set(d[1]!, s);
@@ -432,7 +433,8 @@ describe('ArchiveWriter + readArchives: round trip', () => {
       'var.delta',
     ]);
     expect(trailer!.volumes).toEqual(
-      Object.fromEntries(Object.entries(deltas).map(([v, d]) => [v, { size: d.length, sha256: sha(d), parts: 1 }])),
+      // Format 2: a whole delta's sha256 is of its parts' digests (here one part each).
+      Object.fromEntries(Object.entries(deltas).map(([v, d]) => [v, { size: d.length, sha256: sha(Buffer.from(sha(d), 'hex')), parts: 1 }])),
     );
   });
 
@@ -513,7 +515,9 @@ describe('ArchiveWriter + readArchives: round trip', () => {
         expect([...parts.map((p) => p.name)].sort()).toEqual(parts.map((p) => p.name));
       }
       expect(Buffer.concat(parts.map((p) => p.body)).equals(data)).toBe(true);
-      expect(trailer.volumes.rootfs).toEqual({ size, sha256: sha(data), parts: nParts });
+      // Format 2: the whole delta's sha256 is of its parts' digests, in order.
+      const ofParts = sha(Buffer.concat(parts.map((p) => Buffer.from(sha(p.body), 'hex'))));
+      expect(trailer.volumes.rootfs).toEqual({ size, sha256: ofParts, parts: nParts });
       expect(got.at(-1)!.trailer).toEqual(trailer);
     });
   });
@@ -635,9 +639,33 @@ describe('readArchives: not an sbk stream (exit 3)', () => {
     await badInputError(rawTar([{ name: 'rootfs.delta', body: 'x' }]), /not an sbk archive/);
   });
 
+  it('archives of format 1 (every sbk before format 2) still verify: a whole delta\'s sha256 is of its bytes there', async () => {
+    const m1 = { ...manifestOf({ record: record({ volumes: ['rootfs'] }) }), format: 1 };
+    const parts = [bytes(3000, 1), bytes(3000, 2), bytes(17, 3)];
+    const middle = parts.map((b, i) => ({ name: deltaPartName('rootfs', i), body: b }));
+    const got = await readAll(handmade(middle, { manifest: m1 }));
+    expect(got.at(-1)!.trailer!.volumes.rootfs).toEqual({ size: 6017, sha256: sha(Buffer.concat(parts)), parts: 3 });
+    // The same archive with format 2's digest (of the parts' digests) is refused: the format says which.
+    const ofParts = sha(Buffer.concat(parts.map((b) => Buffer.from(sha(b), 'hex'))));
+    await corruptError(
+      handmade(middle, { manifest: m1, tweak: (t) => (t.volumes.rootfs!.sha256 = ofParts) }),
+      /the delta of volume rootfs fails its check/,
+    );
+    const m2 = manifestOf({ record: record({ volumes: ['rootfs'] }) });
+    expect(m2.format).toBe(2);
+    await corruptError(
+      handmade(middle, { manifest: m2, tweak: (t) => (t.volumes.rootfs!.sha256 = sha(Buffer.concat(parts))) }),
+      /the delta of volume rootfs fails its check/,
+    );
+  });
+
+  it('a trailer of another format than its manifest', async () => {
+    await corruptError(handmade([], { tweak: (t) => (t.format = 1) }), /the trailer is of format 1, the manifest of 2/);
+  });
+
   it('an archive of a newer format', async () => {
     const m = { ...manifestOf(), format: ARCHIVE_FORMAT + 1 };
-    await badInputError(handmade([], { manifest: m as Manifest }), /archive format 2 is not supported/);
+    await badInputError(handmade([], { manifest: m as Manifest }), new RegExp(`archive format ${ARCHIVE_FORMAT + 1} is not supported \\(this sbk reads 1 and 2\\)`));
   });
 
   it('the source is named in messages', async () => {

@@ -281,12 +281,13 @@ function resign(entries: Entry[]): Entry[] {
       continue;
     }
     let name: unknown;
+    let format: unknown;
     try {
-      name = (JSON.parse(segment[0]?.body.toString('utf8') ?? '') as { name?: unknown })?.name;
+      ({ name, format } = (JSON.parse(segment[0]?.body.toString('utf8') ?? '') as { name?: unknown; format?: unknown }) ?? {});
     } catch {
       name = undefined;
     }
-    const t = { sbk: 'trailer', format: 1, name, entries: [] as unknown[], volumes: Object.create(null) as Record<string, unknown> };
+    const t = { sbk: 'trailer', format, name, entries: [] as unknown[], volumes: Object.create(null) as Record<string, unknown> };
     const vh = new Map<string, { h: ReturnType<typeof createHash>; size: number; parts: number }>();
     for (const s of segment) {
       if ((s.header.type ?? 'file') !== 'file') continue;
@@ -294,7 +295,8 @@ function resign(entries: Entry[]): Entry[] {
       const d = DELTA_RE.exec(s.header.name);
       if (d) {
         const v = vh.get(d[1]!) ?? { h: createHash('sha256'), size: 0, parts: 0 };
-        v.h.update(s.body);
+        // Format 1: a whole delta's sha256 is of its bytes; from format 2, of its parts' digests.
+        v.h.update(format === 1 ? s.body : Buffer.from(sha(s.body), 'hex'));
         v.size += s.body.length;
         v.parts++;
         vh.set(d[1]!, v);

@@ -1,14 +1,17 @@
 // The sbk archive format (man/sbk.7, ARCHIVE FORMAT): the names of its entries, the manifest
 // (first entry: the backup record plus the tool's version) and the trailer (last entry: size and
 // sha256 of every entry and of every whole delta), and the checks of both.
-import type { createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { backupName, isValidContainerName, isValidVolumeName } from '../../core/layout.js';
 import type { BackupRecord, SetRef } from '../record.js';
 import { isSafeMetaPath } from './meta.js';
 import { corrupt } from './faults.js';
 
-export const ARCHIVE_FORMAT = 1;
+/** The format sbk writes. 2 differs from 1 only in what a whole delta's sha256 covers (VolumeDigest). */
+export const ARCHIVE_FORMAT = 2;
+/** The formats sbk reads: every archive an sbk ever wrote. */
+export const READABLE_FORMATS: readonly number[] = [1, 2];
 export const MANIFEST_ENTRY = 'manifest.json';
 export const TRAILER_ENTRY = 'trailer.json';
 export const CHANGELOG_ENTRY = 'changelog.txt';
@@ -125,7 +128,8 @@ export const deltaPartName = (volume: string, part: number) => `${volume}.delta.
 export function checkManifest(v: Record<string, unknown>, source: string): Manifest {
   const bad = (m: string) => corrupt(source, `manifest.json: ${m}`);
   if (v.sbk !== 'manifest') throw bad('not an sbk manifest');
-  if (v.format !== ARCHIVE_FORMAT) throw new SbkError(`${source}: archive format ${String(v.format)} is not supported (this sbk reads ${ARCHIVE_FORMAT})`, ExitCode.badInput);
+  if (!READABLE_FORMATS.includes(v.format as number))
+    throw new SbkError(`${source}: archive format ${String(v.format)} is not supported (this sbk reads ${READABLE_FORMATS.join(' and ')})`, ExitCode.badInput);
   if (typeof v.container !== 'string' || !isValidContainerName(v.container)) throw bad('invalid container name');
   if (!Number.isSafeInteger(v.time) || (v.time as number) < 0) throw bad('invalid time');
   if (typeof v.full !== 'boolean') throw bad('invalid full flag');
@@ -186,12 +190,46 @@ export function legacyManifest(): Manifest {
   };
 }
 
+/**
+ * The sha256 a trailer gives a whole delta. Format 1: of the send stream's bytes, a second hash of
+ * every byte beside its part's, which cost writer and reader each a sha256 pass over the data.
+ * Format 2: of the parts' sha256 digests (32 bytes each, in order), which covers the same bytes
+ * (each part's digest is checked too) with one pass; a single-part delta's is then the sha256 of
+ * its one digest, not of its bytes.
+ */
+export class VolumeDigest {
+  private readonly hash = createHash('sha256');
+  size = 0;
+  parts = 0;
+  private readonly ofBytes: boolean;
+
+  constructor(format: number) {
+    this.ofBytes = format === 1;
+  }
+
+  /** Bytes of the delta, in order (only format 1 hashes them). */
+  bytes(chunk: Buffer): void {
+    if (this.ofBytes) this.hash.update(chunk);
+  }
+
+  /** A whole part, once read: its size and sha256 (hex). */
+  part(size: number, sha256: string): void {
+    this.size += size;
+    this.parts++;
+    if (!this.ofBytes) this.hash.update(Buffer.from(sha256, 'hex'));
+  }
+
+  digest(): string {
+    return this.hash.digest('hex');
+  }
+}
+
 /** Checks a trailer against what was read of its archive: every entry's and every delta's size and sha256. */
 export function verifyTrailer(
   v: Record<string, unknown>,
   manifest: Manifest,
   seen: EntryDigest[],
-  volumes: Map<string, { hash: ReturnType<typeof createHash>; size: number; parts: number }>,
+  volumes: Map<string, VolumeDigest>,
   sawChangelog: boolean,
   source: string,
 ): Trailer {
@@ -200,6 +238,8 @@ export function verifyTrailer(
     throw bad('trailer.json is not an sbk trailer');
   const t = v as unknown as Trailer;
   if (t.name !== manifest.name) throw bad(`the trailer belongs to ${String(t.name)}`);
+  // The format says what a delta's sha256 covers: the trailer's must be the manifest's.
+  if (t.format !== manifest.format) throw bad(`the trailer is of format ${String(t.format)}, the manifest of ${manifest.format}`);
   for (let i = 0; i < Math.max(t.entries.length, seen.length); i++) {
     const want = t.entries[i];
     const got = seen[i];
@@ -215,7 +255,7 @@ export function verifyTrailer(
     const want = Object.hasOwn(t.volumes, vol.name) ? t.volumes[vol.name] : undefined;
     if (!got) throw bad(`the delta of volume ${vol.name} is missing`);
     if (!want) throw bad(`volume ${vol.name} is not in the trailer`);
-    const digest = got.hash.digest('hex');
+    const digest = got.digest();
     if (want.size !== got.size || want.sha256 !== digest || want.parts !== got.parts)
       throw bad(`the delta of volume ${vol.name} fails its check`);
   }

@@ -16,6 +16,7 @@ import {
   deltaPartName,
   legacyManifest,
   verifyTrailer,
+  VolumeDigest,
   type EntryDigest,
   type Manifest,
   type Trailer,
@@ -77,11 +78,14 @@ async function collect(body: AsyncIterable<Buffer>, limit: number, what: string,
 
 const once = (buf: Buffer) => (async function* () { yield buf; })();
 
-interface VolumeHash {
-  hash: ReturnType<typeof createHash>;
-  size: number;
-  parts: number;
-  single: boolean;
+/** A delta being read: its digest so far, and whether it is one unnumbered part. */
+class VolumeHash extends VolumeDigest {
+  constructor(
+    format: number,
+    readonly single: boolean,
+  ) {
+    super(format);
+  }
 }
 
 /** What the reader knows of the archive being read (reset at each manifest). */
@@ -174,7 +178,7 @@ class ArchiveState {
     if (!volume) return undefined;
     let v = this.volumeHashes.get(volume);
     if (!v) {
-      v = { hash: createHash('sha256'), size: 0, parts: 0, single: part === undefined };
+      v = new VolumeHash(this.manifest.format, part === undefined);
       this.volumeHashes.set(volume, v);
     }
     return v;
@@ -186,7 +190,7 @@ class ArchiveState {
 }
 
 /**
- * An entry's body, hashed as it is read (into the entry's digest and its volume's), with errors
+ * An entry's body, hashed as it is read (into the entry's digest and, in format 1, its volume's), with errors
  * mapped by `asSbkError`. A consumer that stops early (break) must not close the entry: that
  * would destroy the whole tar stream; `drain` reads and hashes what it left.
  */
@@ -197,7 +201,7 @@ function hashedBody(entry: AsyncIterable<Buffer>, vstate: VolumeHash | undefined
     try {
       for await (const c of entry) {
         hash.update(c);
-        vstate?.hash.update(c);
+        vstate?.bytes(c);
         size += c.length;
         yield c;
       }
@@ -309,10 +313,7 @@ export async function* readArchives(input: Readable, opts: ReadOptions = {}): As
       yield { archive, role, name, header, manifest, volume, part, body: body.tracked };
       // The consumer may have stopped early, or not read at all: finish the entry so hashes cover all of it.
       const digest = await body.drain();
-      if (vstate) {
-        vstate.size += digest.size;
-        vstate.parts++;
-      }
+      vstate?.part(digest.size, digest.sha256);
       if (header.type === 'file') current.digests.push({ name, ...digest });
     }
   } catch (err) {

@@ -3,7 +3,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import type tar from 'tar-stream';
 import { SbkError, ExitCode } from '../../core/errors.js';
-import { ARCHIVE_FORMAT, CHANGELOG_ENTRY, DEFAULT_PART_SIZE, MANIFEST_ENTRY, META_PREFIX, TRAILER_ENTRY, deltaPartName, type EntryDigest, type Manifest, type Trailer } from './manifest.js';
+import { ARCHIVE_FORMAT, VolumeDigest, CHANGELOG_ENTRY, DEFAULT_PART_SIZE, MANIFEST_ENTRY, META_PREFIX, TRAILER_ENTRY, deltaPartName, type EntryDigest, type Manifest, type Trailer } from './manifest.js';
 import { writeTarEntry } from './tar-entry.js';
 
 /** How much of the next part sbk-send reads while a part is being written (see addDelta). */
@@ -84,11 +84,11 @@ export class ArchiveWriter {
    * header needs its size, so a part is collected before it is written; while it is written, up
    * to READ_AHEAD bytes of the next one are collected, so that the send and the reader of the tar
    * stream keep flowing instead of waiting for each other part by part (memory: one part plus
-   * READ_AHEAD). Both digests are taken as the bytes arrive, while they are still in the cache.
+   * READ_AHEAD). A part's digest is taken as the bytes arrive, while they are still in the cache;
+   * the whole delta's is of the parts' digests (VolumeDigest).
    */
   async addDelta(volume: string, stream: AsyncIterable<Buffer>, onBytes?: (n: number) => void): Promise<void> {
-    const whole = createHash('sha256');
-    let total = 0;
+    const whole = new VolumeDigest(ARCHIVE_FORMAT);
     let part = 0;
     let pending: Buffer[] = [];
     let pendingSize = 0;
@@ -106,16 +106,17 @@ export class ArchiveWriter {
       partHash = createHash('sha256');
       await writing; // entries one after the other; a failed write stops the framing here
       written = false;
-      writing = this.put({ name }, chunks, digest).finally(() => {
-        written = true;
-      });
+      // Parts are put one after the other, so their digests reach `whole` in stream order.
+      writing = this.put({ name }, chunks, digest)
+        .then((d) => whole.part(d.size, d.sha256))
+        .finally(() => {
+          written = true;
+        });
       writing.catch(() => {}); // awaited at the next part or at the end
     };
     try {
       for await (const chunk0 of stream) {
         let chunk = chunk0;
-        whole.update(chunk);
-        total += chunk.length;
         onBytes?.(chunk.length);
         while (pendingSize + chunk.length >= this.partSize) {
           const take = this.partSize - pendingSize;
@@ -141,7 +142,7 @@ export class ArchiveWriter {
       throw err;
     }
     await writing;
-    this.volumes[volume] = { size: total, sha256: whole.digest('hex'), parts: part };
+    this.volumes[volume] = { size: whole.size, sha256: whole.digest(), parts: whole.parts };
   }
 
   async finish(): Promise<Trailer> {
