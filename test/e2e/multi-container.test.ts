@@ -109,12 +109,13 @@ describe.skipIf(mode === 'skip')('several containers in one pipe', () => {
     }
   });
 
-  it('pipelines/sbk-backup --all stores every container', async () => {
+  it('pipelines/sbk-backup --all stores every container, compressed as asked (sbk-pack\'s --compress and --level)', async () => {
     await change('pipeline');
     // Full: the parents' archives went to the other store above.
-    const r = await run('sbk-backup --full --all');
+    const r = await run('sbk-backup --full --compress zstd --level 5 --all');
     expect(r.exitCode, r.stderr).toBe(0);
     expect(r.stdout.trim().split('\n')).toHaveLength(3);
+    for (const line of r.stdout.trim().split('\n')) expect(line).toMatch(/_Full\.tar\.zst$/);
     for (const c of CONTAINERS) await restoreAndCompare(c, (as) => `sbk-plan ${c} | sbk-unpack --as ${as}`);
   });
 
