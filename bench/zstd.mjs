@@ -181,7 +181,7 @@ async function main() {
       'sbk gzip': sbkBackup('gzip', true),
       'btrfs send > /dev/null': byHand('cat > /dev/null', 'cat'),
       // sbk's shape with no work in it: the bytes cross two Node processes (sbk-send's and sbk-pack's places).
-      [RELAYS_FULL]: byHand(`node ${q(RELAY)} | node ${q(RELAY)} | zstd -q -3 -T2 > ${q(path.join(sb.work, 'relay.zst'))}`, 'node | node | zstd -3 -T2'),
+      [RELAYS_FULL]: byHand(`bash -c ${q(`node ${q(RELAY)} | node ${q(RELAY)} | zstd -q -3 -T2 > ${q(path.join(sb.work, 'relay.zst'))}`)}`, 'node | node | zstd -3 -T2'),
     },
     async (n, r, res) => {
       if (n.startsWith('sbk')) {
@@ -291,9 +291,9 @@ function summarize(sb, full, restore, kept) {
     `| restore of a zstd chain ≤ ${TARGETS.restore}× \`zstd -dc \\| btrfs receive\` | ${ratios.restore.toFixed(2)}× | ${ok(ratios.restore <= TARGETS.restore)} |`,
     `| peak RSS of any sbk stage (zstd child included) ≤ ${TARGETS.rssMiB} MiB | ${ratios.rssMiB.toFixed(0)} MiB | ${ok(ratios.rssMiB <= TARGETS.rssMiB)} |`,
     `| sbk zstd Full / bare \`btrfs send > /dev/null\` (the source's limit) | ${ratios.vsBareSend.toFixed(2)}× | |`,
-    `| the floor of sbk's shape, backup: \`${cell(RELAYS_FULL)}\` / \`btrfs send \| zstd -3 -T2\` | ${ratios.floorFull.toFixed(2)}× | |`,
+    `| the floor of sbk's shape, backup: \`${cell(RELAYS_FULL)}\` / \`btrfs send \\| zstd -3 -T2\` | ${ratios.floorFull.toFixed(2)}× | |`,
     `| sbk zstd Full / that floor | ${ratios.vsFloorFull.toFixed(2)}× | |`,
-    `| the floor of sbk's shape, restore: \`${cell(RELAY_RESTORE)}\` / \`zstd -dc \| btrfs receive\` | ${ratios.floorRestore.toFixed(2)}× | |`,
+    `| the floor of sbk's shape, restore: \`${cell(RELAY_RESTORE)}\` / \`zstd -dc \\| btrfs receive\` | ${ratios.floorRestore.toFixed(2)}× | |`,
     `| sbk restore / that floor | ${ratios.vsFloorRestore.toFixed(2)}× | |`,
     '',
     `zstd archive sizes: Full ${mib(F['sbk zstd'].size)} MiB (gzip ${mib(F['sbk gzip'].size)} MiB, ${(F['sbk zstd'].size / F['sbk gzip'].size).toFixed(3)}×; bare zstd -3 ${mib(F['btrfs send | zstd -3 -T2'].size)} MiB).`,
