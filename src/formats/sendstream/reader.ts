@@ -102,7 +102,7 @@ export interface ReaderOptions {
   /** 'all': decode every command; 'first': only the first (SUBVOL/SNAPSHOT), to verify a stream
    *  (CRCs, framing, END) at the least cost. */
   decode?: 'all' | 'first';
-  /** Keep WRITE/ENCODED_WRITE data (copied when a command spans input chunks). Default false. */
+  /** Keep WRITE/ENCODED_WRITE data (copied into a buffer of its own). Default false. */
   wantData?: boolean;
 }
 
