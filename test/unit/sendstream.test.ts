@@ -168,6 +168,28 @@ describe('CRC32C', () => {
       }),
     );
   });
+
+  it('reads long ranges word by word at any alignment of the memory, with the same result as the reference', () => {
+    const ref = (b: Uint8Array, c = 0) => {
+      for (const x of b) {
+        c ^= x;
+        for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+      }
+      return c >>> 0;
+    };
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 1, maxLength: 3000 }), fc.nat(7), fc.nat(3000), fc.nat(3000), fc.integer(), (data, shift, a, z, seed) => {
+        // The same bytes at another offset of another ArrayBuffer, cut at [start, end).
+        const mem = new Uint8Array(data.length + shift);
+        mem.set(data, shift);
+        const view = Buffer.from(mem.buffer, shift, data.length);
+        const start = Math.min(a, z, data.length);
+        const end = Math.min(Math.max(a, z), data.length);
+        expect(crc32cUpdate(seed, view, start, end)).toBe(ref(data.subarray(start, end), seed | 0));
+      }),
+      { numRuns: 300 },
+    );
+  });
 });
 
 describe('send-stream parser on recorded streams', () => {

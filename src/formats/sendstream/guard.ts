@@ -16,6 +16,19 @@ const FOLLOWS_PATH = new Set<number>([
   Cmd.ENABLE_VERITY,
 ]);
 
+/** Whether path p has a '..' component (without splitting it: this runs on every command). */
+const hasDotDot = (p: string) => p === '..' || p.startsWith('../') || p.endsWith('/..') || p.includes('/../');
+
+const refusal = (c: SendCommand, why: string) => corruptAt(c.offset, `${c.name}: ${why}; refused (btrfs send never makes this)`);
+
+/** Refuses a path that is absolute, has a NUL byte or leaves the subvolume. */
+function insideSubvolume(c: SendCommand, p: string | undefined, what: string): void {
+  if (p === undefined) return;
+  if (p.startsWith('/')) throw refusal(c, `${what} '${p}' is absolute`);
+  if (p.includes('\0')) throw refusal(c, `${what} has a NUL byte`);
+  if (hasDotDot(p)) throw refusal(c, `${what} '${p}' leaves the subvolume ('..')`);
+}
+
 /**
  * Keeps `btrfs receive` inside the subvolume it makes. receive joins each command's paths to its
  * directory and lets the kernel resolve them, '..' and symlinks included (btrfs-progs does not
@@ -38,25 +51,11 @@ export class ReceiveGuard {
   private uuid: string | undefined;
 
   check(c: SendCommand): void {
-    const refuse = (why: string) => corruptAt(c.offset, `${c.name}: ${why}; refused (btrfs send never makes this)`);
-    const inside = (p: string | undefined, what: string) => {
-      if (p === undefined) return;
-      if (p.startsWith('/')) throw refuse(`${what} '${p}' is absolute`);
-      if (p.includes('\0')) throw refuse(`${what} has a NUL byte`);
-      if (p.split('/').includes('..')) throw refuse(`${what} '${p}' leaves the subvolume ('..')`);
-    };
-    const notThroughSymlink = (p: string | undefined, what: string) => {
-      if (!p || this.symlinks.size === 0) return;
-      for (let i = p.indexOf('/'); i >= 0; i = p.indexOf('/', i + 1)) {
-        if (this.symlinks.has(p.slice(0, i))) throw refuse(`${what} '${p}' goes through the symlink '${p.slice(0, i)}'`);
-      }
-    };
-
     if (c.type === Cmd.SUBVOL || c.type === Cmd.SNAPSHOT) {
       // The subvolume's own name: one component, made in receive's directory.
       const name = c.path ?? '';
       if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0'))
-        throw refuse(`the subvolume name '${name}' is not a plain name`);
+        throw refusal(c, `the subvolume name '${name}' is not a plain name`);
       if (c.type === Cmd.SUBVOL) {
         this.symlinks = new Set();
         this.below = new Map();
@@ -64,16 +63,16 @@ export class ReceiveGuard {
       this.uuid = c.uuid;
       return;
     }
-    inside(c.path, 'path');
-    inside(c.pathTo, 'new path');
-    inside(c.clonePath, 'clone source');
-    if (c.type !== Cmd.SYMLINK) inside(c.pathLink, 'link source'); // a symlink's target is data
-    notThroughSymlink(c.path, 'path');
-    notThroughSymlink(c.pathTo, 'new path');
-    if (c.type === Cmd.LINK) notThroughSymlink(c.pathLink, 'link source');
-    if (c.type === Cmd.CLONE && c.cloneUuid === this.uuid) notThroughSymlink(c.clonePath, 'clone source');
+    insideSubvolume(c, c.path, 'path');
+    insideSubvolume(c, c.pathTo, 'new path');
+    insideSubvolume(c, c.clonePath, 'clone source');
+    if (c.type !== Cmd.SYMLINK) insideSubvolume(c, c.pathLink, 'link source'); // a symlink's target is data
+    this.notThroughSymlink(c, c.path, 'path');
+    this.notThroughSymlink(c, c.pathTo, 'new path');
+    if (c.type === Cmd.LINK) this.notThroughSymlink(c, c.pathLink, 'link source');
+    if (c.type === Cmd.CLONE && c.cloneUuid === this.uuid) this.notThroughSymlink(c, c.clonePath, 'clone source');
     if (FOLLOWS_PATH.has(c.type) && c.path !== undefined && this.symlinks.has(c.path))
-      throw refuse(`'${c.path}' is a symlink`);
+      throw refusal(c, `'${c.path}' is a symlink`);
 
     switch (c.type) {
       case Cmd.SYMLINK:
@@ -99,6 +98,13 @@ export class ReceiveGuard {
         }
         break;
       }
+    }
+  }
+
+  private notThroughSymlink(c: SendCommand, p: string | undefined, what: string): void {
+    if (!p || this.symlinks.size === 0) return;
+    for (let i = p.indexOf('/'); i >= 0; i = p.indexOf('/', i + 1)) {
+      if (this.symlinks.has(p.slice(0, i))) throw refusal(c, `${what} '${p}' goes through the symlink '${p.slice(0, i)}'`);
     }
   }
 

@@ -102,54 +102,99 @@ export interface ReaderOptions {
   /** 'all': decode every command; 'first': only the first (SUBVOL/SNAPSHOT), to verify a stream
    *  (CRCs, framing, END) at the least cost. */
   decode?: 'all' | 'first';
-  /** Keep WRITE/ENCODED_WRITE data (copied when a command spans input chunks). Default false. */
+  /** Keep WRITE/ENCODED_WRITE data (copied into a buffer of its own). Default false. */
   wantData?: boolean;
 }
 
 const hex32 = (n: number) => '0x' + n.toString(16).padStart(8, '0');
 
-function formatUuid(b: Buffer): string {
-  const h = b.toString('hex');
+function formatUuid(b: Buffer, at: number): string {
+  const h = b.toString('hex', at, at + 16);
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-/** Reads a command body that may lie in several input chunks, copying only what straddles. */
+/**
+ * A command body that may lie in several input chunks (piece k: bufs[k] from starts[k] to
+ * ends[k]), read in order. Nothing is allocated per command: a value read with `take` is at
+ * `buf` from `at`, in the input chunk itself, or copied into a scratch buffer when it straddles
+ * two chunks (then valid until the next take).
+ */
 class Pieces {
+  private readonly bufs: Buffer[] = [];
+  private readonly starts: number[] = [];
+  private readonly ends: number[] = [];
+  /** Pieces in use: bufs[0..n). */
+  private n = 0;
   private i = 0;
-  private at = 0;
-  constructor(private readonly parts: Buffer[]) {}
-  take(n: number): Buffer {
-    const cur = this.parts[this.i];
-    if (cur && cur.length - this.at >= n) {
-      const b = cur.subarray(this.at, this.at + n);
-      this.at += n;
-      if (this.at === cur.length) this.next();
-      return b;
+  private pos = 0;
+  private scratch = Buffer.alloc(64);
+  buf: Buffer = this.scratch;
+  at = 0;
+
+  add(b: Buffer, start: number, end: number): void {
+    const k = this.n++;
+    this.bufs[k] = b;
+    this.starts[k] = start;
+    this.ends[k] = end;
+  }
+
+  /** Forgets the pieces; past a few, lets go of the caller's chunks they point into. */
+  clear(): void {
+    if (this.n > 4) this.bufs.length = this.starts.length = this.ends.length = 0;
+    this.n = 0;
+  }
+
+  /** Back to the first byte of the body. */
+  rewind(): void {
+    this.i = 0;
+    this.pos = this.n ? this.starts[0]! : 0;
+  }
+
+  take(n: number): void {
+    const cur = this.bufs[this.i];
+    if (this.i < this.n && this.ends[this.i]! - this.pos >= n) {
+      this.buf = cur!;
+      this.at = this.pos;
+      this.advance(n);
+      return;
     }
+    if (this.scratch.length < n) this.scratch = Buffer.allocUnsafe(Math.max(n, 2 * this.scratch.length));
+    this.copyTo(this.scratch, n);
+    this.buf = this.scratch;
+    this.at = 0;
+  }
+
+  /** The next n bytes in a buffer of their own (file data the caller keeps). */
+  takeCopy(n: number): Buffer {
     const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const p = this.parts[this.i]!;
-      const k = Math.min(n - filled, p.length - this.at);
-      p.copy(out, filled, this.at, this.at + k);
-      filled += k;
-      this.at += k;
-      if (this.at === p.length) this.next();
-    }
+    this.copyTo(out, n);
     return out;
   }
+
+  u16(): number {
+    this.take(2);
+    return this.buf.readUInt16LE(this.at);
+  }
+
   skip(n: number): void {
-    while (n > 0) {
-      const p = this.parts[this.i]!;
-      const k = Math.min(n, p.length - this.at);
-      n -= k;
-      this.at += k;
-      if (this.at === p.length) this.next();
+    while (n > 0) n -= this.advance(Math.min(n, this.ends[this.i]! - this.pos));
+  }
+
+  private copyTo(out: Buffer, n: number): void {
+    for (let filled = 0; filled < n; ) {
+      const k = Math.min(n - filled, this.ends[this.i]! - this.pos);
+      this.bufs[this.i]!.copy(out, filled, this.pos, this.pos + k);
+      filled += this.advance(k);
     }
   }
-  private next() {
-    this.i++;
-    this.at = 0;
+
+  private advance(k: number): number {
+    this.pos += k;
+    if (this.pos === this.ends[this.i]) {
+      this.i++;
+      this.pos = this.i < this.n ? this.starts[this.i]! : 0;
+    }
+    return k;
   }
 }
 
@@ -172,7 +217,10 @@ export class SendStreamReader {
   private cmdCrc = 0;
   private crc = 0;
   private remaining = 0;
-  private pieces: Buffer[] = [];
+  private readonly body = new Pieces();
+  /** seen[t] === seenMark: attribute t was met in the command being decoded. */
+  private readonly seen = new Float64Array(64);
+  private seenMark = 0;
   private readonly decodeAll: boolean;
   private readonly wantData: boolean;
 
@@ -214,7 +262,7 @@ export class SendStreamReader {
         case 'body': {
           const n = Math.min(this.remaining, buf.length - pos);
           this.crc = crc32cUpdate(this.crc, buf, pos, pos + n);
-          if (this.decodeAll || this.commands === 0) this.pieces.push(buf.subarray(pos, pos + n));
+          if (this.decodeAll || this.commands === 0) this.body.add(buf, pos, pos + n);
           pos += n;
           this.offset += n;
           this.remaining -= n;
@@ -288,7 +336,7 @@ export class SendStreamReader {
     // The CRC covers the header with its crc field zeroed.
     h.writeUInt32LE(0, 6);
     this.crc = crc32cUpdate(0, h, 0, COMMAND_HEADER_SIZE);
-    this.pieces = [];
+    this.body.clear();
     this.remaining = this.cmdLen;
     this.state = 'body';
     if (this.cmdLen === 0) this.finishCommand();
@@ -325,7 +373,7 @@ export class SendStreamReader {
       this.summary.commands = this.commands;
       this.summary.bytes = this.offset;
     }
-    this.pieces = [];
+    this.body.clear();
     this.headFill = 0;
     this.cmdOffset = this.offset;
     this.state = type === Cmd.END ? 'done' : 'cmdhdr';
@@ -334,13 +382,15 @@ export class SendStreamReader {
   private decode(type: number, at: number): SendCommand {
     const c: SendCommand = { offset: at, type, name: cmdName(type) };
     const len = this.cmdLen;
-    const r = new Pieces(this.pieces);
-    const seen = new Set<number>();
+    const r = this.body;
+    r.rewind();
+    const seen = this.seen;
+    const mark = ++this.seenMark;
     const maxAttr = MAX_ATTR[this.version]!;
     let pos = 0;
     while (pos < len) {
       if (len - pos < 2) throw corruptAt(at, `${c.name}: attribute header cut short`);
-      const t = r.take(2).readUInt16LE(0);
+      const t = r.u16();
       pos += 2;
       if (t === 0 || t > maxAttr) throw corruptAt(at, `${c.name}: invalid attribute type ${t}`);
       let vlen: number;
@@ -348,82 +398,88 @@ export class SendStreamReader {
         vlen = len - pos; // v2: DATA is last and runs to the end of the command
       } else {
         if (len - pos < 2) throw corruptAt(at, `${c.name}: attribute header cut short`);
-        vlen = r.take(2).readUInt16LE(0);
+        vlen = r.u16();
         pos += 2;
       }
       if (vlen > len - pos) throw corruptAt(at, `${c.name}: attribute ${t} (${vlen} bytes) overruns the command`);
       pos += vlen;
-      seen.add(t);
-      if (t === Attr.DATA && !this.wantData) {
-        r.skip(vlen);
+      seen[t] = mark;
+      if (t === Attr.DATA) {
+        // Wanted data must not alias the caller's input chunks, which they may reuse.
+        if (this.wantData) c.data = r.takeCopy(vlen);
+        else r.skip(vlen);
         c.dataLength = vlen;
         continue;
       }
-      this.setAttr(c, t, r.take(vlen), at);
+      r.take(vlen);
+      setAttr(c, t, r.buf, r.at, vlen);
     }
     for (const a of REQUIRED[type] ?? []) {
-      if (!seen.has(a)) throw corruptAt(at, `the ${c.name} command lacks its attribute ${a}`);
+      if (seen[a] !== mark) throw corruptAt(at, `the ${c.name} command lacks its attribute ${a}`);
     }
     return c;
   }
+}
 
-  private setAttr(c: SendCommand, t: number, v: Buffer, at: number) {
-    const u64 = () => {
-      if (v.length !== 8) throw corruptAt(at, `${c.name}: attribute ${t} has ${v.length} bytes, expected 8`);
-      return v.readUInt32LE(0) + v.readUInt32LE(4) * 0x1_0000_0000;
-    };
-    const u32 = () => {
-      if (v.length !== 4) throw corruptAt(at, `${c.name}: attribute ${t} has ${v.length} bytes, expected 4`);
-      return v.readUInt32LE(0);
-    };
-    const ts = (): Timespec => {
-      if (v.length !== 12) throw corruptAt(at, `${c.name}: time attribute ${t} has ${v.length} bytes, expected 12`);
-      return { sec: Number(v.readBigInt64LE(0)), nsec: v.readUInt32LE(8) };
-    };
-    const uuid = () => {
-      if (v.length !== 16) throw corruptAt(at, `${c.name}: UUID attribute ${t} has ${v.length} bytes, expected 16`);
-      return formatUuid(v);
-    };
-    // Strings are kept byte for byte (latin1): a name is any bytes but '/' and NUL.
-    const str = () => v.toString('latin1');
-    switch (t) {
-      case Attr.UUID: c.uuid = uuid(); break;
-      case Attr.CTRANSID: c.ctransid = u64(); break;
-      case Attr.INO: c.ino = u64(); break;
-      case Attr.SIZE: c.size = u64(); break;
-      case Attr.MODE: c.mode = u64(); break;
-      case Attr.UID: c.uid = u64(); break;
-      case Attr.GID: c.gid = u64(); break;
-      case Attr.RDEV: c.rdev = u64(); break;
-      case Attr.CTIME: c.ctime = ts(); break;
-      case Attr.MTIME: c.mtime = ts(); break;
-      case Attr.ATIME: c.atime = ts(); break;
-      case Attr.OTIME: c.otime = ts(); break;
-      case Attr.XATTR_NAME: c.xattrName = str(); break;
-      case Attr.XATTR_DATA: c.xattrData = v; break;
-      case Attr.PATH: c.path = str(); break;
-      case Attr.PATH_TO: c.pathTo = str(); break;
-      case Attr.PATH_LINK: c.pathLink = str(); break;
-      case Attr.FILE_OFFSET: c.fileOffset = u64(); break;
-      case Attr.DATA:
-        // Wanted data must not alias the caller's input chunks, which they may reuse.
-        c.data = Buffer.from(v);
-        c.dataLength = v.length;
-        break;
-      case Attr.CLONE_UUID: c.cloneUuid = uuid(); break;
-      case Attr.CLONE_CTRANSID: c.cloneCtransid = u64(); break;
-      case Attr.CLONE_PATH: c.clonePath = str(); break;
-      case Attr.CLONE_OFFSET: c.cloneOffset = u64(); break;
-      case Attr.CLONE_LEN: c.cloneLen = u64(); break;
-      case Attr.FALLOCATE_MODE: c.fallocateMode = u32(); break;
-      case Attr.FILEATTR: c.fileattr = u64(); break;
-      case Attr.UNENCODED_FILE_LEN: c.unencodedFileLen = u64(); break;
-      case Attr.UNENCODED_LEN: c.unencodedLen = u64(); break;
-      case Attr.UNENCODED_OFFSET: c.unencodedOffset = u64(); break;
-      case Attr.COMPRESSION: c.compression = u32(); break;
-      case Attr.ENCRYPTION: c.encryption = u32(); break;
-      default: break; // verity attributes: checked by the CRC, not needed by sbk
-    }
+// The value readers of setAttr: `len` bytes of `b` from `i`, the size checked.
+function sized(c: SendCommand, t: number, len: number, want: number, what = 'attribute'): void {
+  if (len !== want) throw corruptAt(c.offset, `${c.name}: ${what} ${t} has ${len} bytes, expected ${want}`);
+}
+function u64(c: SendCommand, t: number, b: Buffer, i: number, len: number): number {
+  sized(c, t, len, 8);
+  return b.readUInt32LE(i) + b.readUInt32LE(i + 4) * 0x1_0000_0000;
+}
+function u32(c: SendCommand, t: number, b: Buffer, i: number, len: number): number {
+  sized(c, t, len, 4);
+  return b.readUInt32LE(i);
+}
+function ts(c: SendCommand, t: number, b: Buffer, i: number, len: number): Timespec {
+  sized(c, t, len, 12, 'time attribute');
+  // Seconds are a signed 64-bit number.
+  return { sec: b.readUInt32LE(i) + b.readInt32LE(i + 4) * 0x1_0000_0000, nsec: b.readUInt32LE(i + 8) };
+}
+function uuid(c: SendCommand, t: number, b: Buffer, i: number, len: number): string {
+  sized(c, t, len, 16, 'UUID attribute');
+  return formatUuid(b, i);
+}
+// Strings are kept byte for byte (latin1): a name is any bytes but '/' and NUL.
+const str = (b: Buffer, i: number, len: number) => b.toString('latin1', i, i + len);
+
+/** Sets attribute t of command c from its value: `len` bytes of `b` from `i`. */
+function setAttr(c: SendCommand, t: number, b: Buffer, i: number, len: number): void {
+  switch (t) {
+    case Attr.UUID: c.uuid = uuid(c, t, b, i, len); break;
+    case Attr.CTRANSID: c.ctransid = u64(c, t, b, i, len); break;
+    case Attr.INO: c.ino = u64(c, t, b, i, len); break;
+    case Attr.SIZE: c.size = u64(c, t, b, i, len); break;
+    case Attr.MODE: c.mode = u64(c, t, b, i, len); break;
+    case Attr.UID: c.uid = u64(c, t, b, i, len); break;
+    case Attr.GID: c.gid = u64(c, t, b, i, len); break;
+    case Attr.RDEV: c.rdev = u64(c, t, b, i, len); break;
+    case Attr.CTIME: c.ctime = ts(c, t, b, i, len); break;
+    case Attr.MTIME: c.mtime = ts(c, t, b, i, len); break;
+    case Attr.ATIME: c.atime = ts(c, t, b, i, len); break;
+    case Attr.OTIME: c.otime = ts(c, t, b, i, len); break;
+    case Attr.XATTR_NAME: c.xattrName = str(b, i, len); break;
+    // A copy: the value may lie in the reader's scratch buffer or the caller's chunk.
+    case Attr.XATTR_DATA: c.xattrData = Buffer.from(b.subarray(i, i + len)); break;
+    case Attr.PATH: c.path = str(b, i, len); break;
+    case Attr.PATH_TO: c.pathTo = str(b, i, len); break;
+    case Attr.PATH_LINK: c.pathLink = str(b, i, len); break;
+    case Attr.FILE_OFFSET: c.fileOffset = u64(c, t, b, i, len); break;
+    case Attr.CLONE_UUID: c.cloneUuid = uuid(c, t, b, i, len); break;
+    case Attr.CLONE_CTRANSID: c.cloneCtransid = u64(c, t, b, i, len); break;
+    case Attr.CLONE_PATH: c.clonePath = str(b, i, len); break;
+    case Attr.CLONE_OFFSET: c.cloneOffset = u64(c, t, b, i, len); break;
+    case Attr.CLONE_LEN: c.cloneLen = u64(c, t, b, i, len); break;
+    case Attr.FALLOCATE_MODE: c.fallocateMode = u32(c, t, b, i, len); break;
+    case Attr.FILEATTR: c.fileattr = u64(c, t, b, i, len); break;
+    case Attr.UNENCODED_FILE_LEN: c.unencodedFileLen = u64(c, t, b, i, len); break;
+    case Attr.UNENCODED_LEN: c.unencodedLen = u64(c, t, b, i, len); break;
+    case Attr.UNENCODED_OFFSET: c.unencodedOffset = u64(c, t, b, i, len); break;
+    case Attr.COMPRESSION: c.compression = u32(c, t, b, i, len); break;
+    case Attr.ENCRYPTION: c.encryption = u32(c, t, b, i, len); break;
+    default: break; // verity attributes: checked by the CRC, not needed by sbk
   }
 }
 

@@ -66,6 +66,37 @@ function drained(w: Writable): Promise<void> {
   return waitForDrain(w, { closedError: () => Object.assign(new Error('the stream closed'), { code: 'EPIPE' }) });
 }
 
+/**
+ * Bytes for `btrfs receive` in batches of about BATCH bytes, each written with one writev: a
+ * system call costs more than its copy in a VM, and the chunks read from the archive are 64 KiB
+ * at most (the pipe reads of the decompressor). Only checked bytes are queued (see `start()`).
+ */
+const BATCH = 256 * 1024;
+class BatchedInput {
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+  constructor(readonly stdin: Writable) {}
+
+  async write(chunk: Buffer): Promise<void> {
+    this.chunks.push(chunk);
+    this.bytes += chunk.length;
+    if (this.bytes >= BATCH) await this.flush();
+  }
+
+  /** Hands the queued chunks to the pipe and waits until it takes more. */
+  async flush(): Promise<void> {
+    if (this.chunks.length === 0) return;
+    const w = this.stdin;
+    if (w.destroyed || w.writableEnded) return drained(w);
+    w.cork();
+    for (const c of this.chunks) w.write(c);
+    w.uncork();
+    this.chunks = [];
+    this.bytes = 0;
+    if (w.writableNeedDrain) await drained(w);
+  }
+}
+
 /** The archive being received: its name, its directory (r<n>/) and what it made so far. */
 export interface ReceivingArchive {
   name: string;
@@ -85,7 +116,7 @@ interface Receiving {
   /** The tar entry (part) being received, for messages. */
   entry: string;
   dir: string;
-  stdin: Writable;
+  input: BatchedInput;
   done: Promise<void>;
   check: StreamCheck;
 }
@@ -116,8 +147,9 @@ export class Receiver {
       for await (const chunk of e.body) {
         rec.check.update(chunk);
         progress?.add(chunk.length);
-        if (!rec.stdin.write(chunk)) await drained(rec.stdin);
+        await rec.input.write(chunk);
       }
+      await rec.input.flush();
     } catch (err) {
       // If btrfs receive failed, its message says why; otherwise the read failed.
       if ((err as NodeJS.ErrnoException).code === 'EPIPE') {
@@ -147,7 +179,7 @@ export class Receiver {
     // also finds a stream cut at a command boundary, which receive would accept. (sha256
     // covers sbk archives as a whole, but only once the trailer is read.)
     const check = sendStreamCheck(() => `${archive.name}: ${rec.entry}`, this.guards.of(volume));
-    const rec: Receiving = { volume, entry, dir, stdin: r.stdin, done: r.done, check };
+    const rec: Receiving = { volume, entry, dir, input: new BatchedInput(r.stdin), done: r.done, check };
     this.receiving = rec;
     this.opts.progress?.start({ archive: archive.name, volume, input: from.input, tarStream: from.tarStream });
     return rec;
@@ -158,7 +190,7 @@ export class Receiver {
     const rec = this.receiving;
     if (!rec) return;
     rec.check.end();
-    rec.stdin.end();
+    rec.input.stdin.end();
     await rec.done;
     this.receiving = undefined;
     this.opts.progress?.end();
@@ -173,7 +205,7 @@ export class Receiver {
   async kill(): Promise<void> {
     const rec = this.receiving;
     if (!rec) return;
-    rec.stdin.destroy();
+    rec.input.stdin.destroy();
     await rec.done.catch(() => {});
     this.receiving = undefined;
   }
