@@ -11,6 +11,7 @@
 // Bytes are never copied to be checked: the CRC runs over the input chunks in place, and file
 // data (WRITE) is skipped unless the caller asks for it.
 import { crc32cUpdate } from './crc32c.js';
+import { Pieces } from './pieces.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import {
   Attr,
@@ -111,91 +112,6 @@ const hex32 = (n: number) => '0x' + n.toString(16).padStart(8, '0');
 function formatUuid(b: Buffer, at: number): string {
   const h = b.toString('hex', at, at + 16);
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-}
-
-/**
- * A command body that may lie in several input chunks (piece k: bufs[k] from starts[k] to
- * ends[k]), read in order. Nothing is allocated per command: a value read with `take` is at
- * `buf` from `at`, in the input chunk itself, or copied into a scratch buffer when it straddles
- * two chunks (then valid until the next take).
- */
-class Pieces {
-  private readonly bufs: Buffer[] = [];
-  private readonly starts: number[] = [];
-  private readonly ends: number[] = [];
-  /** Pieces in use: bufs[0..n). */
-  private n = 0;
-  private i = 0;
-  private pos = 0;
-  private scratch = Buffer.alloc(64);
-  buf: Buffer = this.scratch;
-  at = 0;
-
-  add(b: Buffer, start: number, end: number): void {
-    const k = this.n++;
-    this.bufs[k] = b;
-    this.starts[k] = start;
-    this.ends[k] = end;
-  }
-
-  /** Forgets the pieces; past a few, lets go of the caller's chunks they point into. */
-  clear(): void {
-    if (this.n > 4) this.bufs.length = this.starts.length = this.ends.length = 0;
-    this.n = 0;
-  }
-
-  /** Back to the first byte of the body. */
-  rewind(): void {
-    this.i = 0;
-    this.pos = this.n ? this.starts[0]! : 0;
-  }
-
-  take(n: number): void {
-    const cur = this.bufs[this.i];
-    if (this.i < this.n && this.ends[this.i]! - this.pos >= n) {
-      this.buf = cur!;
-      this.at = this.pos;
-      this.advance(n);
-      return;
-    }
-    if (this.scratch.length < n) this.scratch = Buffer.allocUnsafe(Math.max(n, 2 * this.scratch.length));
-    this.copyTo(this.scratch, n);
-    this.buf = this.scratch;
-    this.at = 0;
-  }
-
-  /** The next n bytes in a buffer of their own (file data the caller keeps). */
-  takeCopy(n: number): Buffer {
-    const out = Buffer.allocUnsafe(n);
-    this.copyTo(out, n);
-    return out;
-  }
-
-  u16(): number {
-    this.take(2);
-    return this.buf.readUInt16LE(this.at);
-  }
-
-  skip(n: number): void {
-    while (n > 0) n -= this.advance(Math.min(n, this.ends[this.i]! - this.pos));
-  }
-
-  private copyTo(out: Buffer, n: number): void {
-    for (let filled = 0; filled < n; ) {
-      const k = Math.min(n - filled, this.ends[this.i]! - this.pos);
-      this.bufs[this.i]!.copy(out, filled, this.pos, this.pos + k);
-      filled += this.advance(k);
-    }
-  }
-
-  private advance(k: number): number {
-    this.pos += k;
-    if (this.pos === this.ends[this.i]) {
-      this.i++;
-      this.pos = this.i < this.n ? this.starts[this.i]! : 0;
-    }
-    return k;
-  }
 }
 
 /**
