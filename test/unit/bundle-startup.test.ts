@@ -59,4 +59,13 @@ describe('bundle start-up', () => {
     expect(bundled).toContain('--lxc-dir');
     expect(bundled).toBe(original);
   });
+
+  it('the archive writer and manifest (all of the format sbk-send uses) load no zlib and no codec', () => {
+    const mods = ['formats/archive/writer.js', 'formats/archive/manifest.js', 'formats/input.js'].map((m) => path.join(root, 'dist', m));
+    const script = [
+      `for (const m of ${JSON.stringify(mods)}) await import(m);`,
+      'process.stdout.write(JSON.stringify(process.moduleLoadList.filter((m) => / zlib$/.test(m))));',
+    ].join('\n');
+    expect(JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' }))).toEqual([]);
+  });
 });

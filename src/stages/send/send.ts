@@ -4,9 +4,12 @@ import { readdir, lstat, open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import tar from 'tar-stream';
-import { ArchiveWriter, DEFAULT_PART_SIZE, formatRootTime, manifestFromRecord, type VolumeRoot } from '../../formats/archive/archive.js';
+// The writer and the manifest, not the archive.js barrel: that also loads the reader and, through
+// its faults, the codecs (zlib), which sbk-send never uses.
+import { ArchiveWriter } from '../../formats/archive/writer.js';
+import { DEFAULT_PART_SIZE, formatRootTime, manifestFromRecord, type VolumeRoot } from '../../formats/archive/manifest.js';
 import { isSubvolume, nestedSubvolumes, requireSubvolume, send, sendMetadataNice } from '../../system/btrfs.js';
-import type { ManifestNested } from '../../formats/archive/archive.js';
+import type { ManifestNested } from '../../formats/archive/manifest.js';
 import { META_FILE_MAX, META_TOTAL_MAX, configLogFiles, isSafeMetaPath, metaEntryCost } from '../../formats/archive/meta.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { BackupRecord } from '../../formats/record.js';
