@@ -1,15 +1,17 @@
 // Telling kinds of input apart by their first bytes, so that a stage given the wrong stream
 // says so instead of failing somewhere inside (see man/sbk.7, STREAMS).
 import { PassThrough, type Readable } from 'node:stream';
-import { codecs, codecForMagic, type CodecName } from './codecs/codec.js';
+// The codecs' magic bytes and descriptions come from names.ts, not the codec registry: sniffing
+// loads no zlib (sbk-changelog and sbk-send sniff their input and never decompress).
+import { CODEC_INFO, codecNameForMagic, type CodecInfoName as CodecName } from './codecs/names.js';
 
 /** A compressed stream is told by its codec's name ('gzip'). */
 export type InputKind = 'empty' | CodecName | 'tar' | 'ndjson' | 'btrfs-stream' | 'text' | 'binary';
 
 export function sniff(head: Buffer): InputKind {
   if (head.length === 0) return 'empty';
-  const codec = codecForMagic(head);
-  if (codec) return codec.name as CodecName;
+  const codec = codecNameForMagic(head);
+  if (codec) return codec;
   if (head.length >= 13 && head.subarray(0, 13).toString('latin1') === 'btrfs-stream\0') return 'btrfs-stream';
   if (head.length >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar') return 'tar';
   const firstNonSpace = head.find((b) => b !== 0x20 && b !== 0x0a && b !== 0x0d && b !== 0x09);
@@ -21,7 +23,7 @@ export function sniff(head: Buffer): InputKind {
 
 export const describeKind: Record<InputKind, string> = {
   empty: 'empty input',
-  ...(Object.fromEntries(codecs.map((c) => [c.name, c.description])) as Record<CodecName, string>),
+  ...(Object.fromEntries(Object.values(CODEC_INFO).map((c) => [c.name, c.description])) as Record<CodecName, string>),
   tar: 'a tar stream (sbk-send output?)',
   ndjson: 'NDJSON records (sbk-snap or sbk-changelog output?)',
   'btrfs-stream': 'a raw btrfs send stream',

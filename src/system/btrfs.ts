@@ -266,8 +266,10 @@ export function receive(dir: string, signal?: AbortSignal): { stdin: Writable; d
  * subvolume list -o` (paths from the filesystem's top level) and, only when it lists any (rare:
  * a backup asks each volume), its own path from `show`.
  */
+const stripListPath = (s: string) => s.replace(/^<FS_TREE>\/?/, '').replace(/^\/+/, '');
+
 async function childSubvolumes(p: string, signal?: AbortSignal): Promise<string[]> {
-  const strip = (s: string) => s.replace(/^<FS_TREE>\/?/, '').replace(/^\/+/, '');
+  const strip = stripListPath;
   const list = await btrfs(['subvolume', 'list', '-o', p], signal);
   const listed = list.split('\n').map((line) => /^ID \d+ gen \d+ top level \d+ path (.*)$/.exec(line)?.[1]);
   if (!listed.some((l) => l !== undefined)) return [];
@@ -282,6 +284,43 @@ async function childSubvolumes(p: string, signal?: AbortSignal): Promise<string[
   return out;
 }
 
+/** A line of `btrfs subvolume list`: ID, its parent's ID (top level), path from the filesystem's top level. */
+const PLAIN_LIST_LINE = /^ID (\d+) gen \d+ top level (\d+) path (.*)$/;
+
+/**
+ * childSubvolumes of several subvolumes of one filesystem (a container's volumes: their snapshots
+ * share a set directory, so they share a filesystem) from one `btrfs subvolume list -a` of it,
+ * rather than two processes each (-a: every path from the filesystem's top level, some behind
+ * `<FS_TREE>/`; without it, those below the asked subvolume are relative to it). A subvolume is
+ * found in the list by its path, only when exactly one listed path ends its real path; its
+ * children are the subvolumes whose parent it is. undefined for one not found so, and for all
+ * when the list fails: ask childSubvolumes of those.
+ */
+export async function childSubvolumesOfAll(paths: string[], signal?: AbortSignal): Promise<(string[] | undefined)[]> {
+  if (paths.length === 0) return [];
+  let listed: { id: string; parent: string; path: string }[];
+  try {
+    listed = (await btrfs(['subvolume', 'list', '-a', paths[0]!], signal))
+      .split('\n')
+      .map((line) => PLAIN_LIST_LINE.exec(line))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => ({ id: m[1]!, parent: m[2]!, path: stripListPath(m[3]!) }));
+  } catch {
+    signal?.throwIfAborted();
+    return paths.map(() => undefined);
+  }
+  return Promise.all(
+    paths.map(async (p) => {
+      const real = await realpath(p).catch(() => undefined);
+      if (!real) return undefined;
+      const hits = listed.filter((l) => l.path !== '' && (real === '/' + l.path || real.endsWith('/' + l.path)));
+      if (hits.length !== 1) return undefined;
+      const self = hits[0]!;
+      return listed.filter((l) => l.parent === self.id && l.path.startsWith(self.path + '/')).map((l) => l.path.slice(self.path.length + 1));
+    }),
+  );
+}
+
 interface NestedSubvolume {
   /** Path relative to the volume's root. */
   path: string;
@@ -294,12 +333,13 @@ interface NestedSubvolume {
 /**
  * The subvolumes directly inside the live volume `live` that its snapshot `snap` holds only as
  * empty directories: `btrfs send` does not cross into them. Cheap: one `btrfs subvolume list -o`
- * (children of the volume, paths from the filesystem's top level) and a stat per child; one
- * created after the snapshot (no placeholder in it) is not counted.
+ * (children of the volume, paths from the filesystem's top level), or `children` when the caller
+ * has them (childSubvolumesOfAll), and a stat per child; one created after the snapshot (no
+ * placeholder in it) is not counted.
  */
-export async function nestedSubvolumes(live: string, snap: string, signal?: AbortSignal): Promise<NestedSubvolume[]> {
+export async function nestedSubvolumes(live: string, snap: string, signal?: AbortSignal, children?: string[]): Promise<NestedSubvolume[]> {
   const out: NestedSubvolume[] = [];
-  for (const rel of await childSubvolumes(live, signal)) {
+  for (const rel of children ?? (await childSubvolumes(live, signal))) {
     const [inSnap, inLive] = await Promise.all([lstat(path.join(snap, rel)).catch(() => undefined), lstat(path.join(live, rel)).catch(() => undefined)]);
     if (!inSnap?.isDirectory() || inSnap.ino !== EMPTY_SUBVOL_DIR_INO) continue;
     out.push({

@@ -1,5 +1,6 @@
 // Input sniffing (src/formats/input.ts): what kind of stream a stage was given (records,
 // tar, gzip, send stream, paths, a terminal) from its first bytes, and peeking without loss.
+import { execFileSync } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, writeFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -97,6 +98,21 @@ describe('sniff', () => {
     const kinds: InputKind[] = ['empty', 'gzip', 'zstd', 'tar', 'ndjson', 'btrfs-stream', 'text', 'binary'];
     for (const k of kinds) expect(describeKind[k]).toMatch(/^[a-zA-Z]/);
     expect(Object.keys(describeKind).sort()).toEqual([...kinds].sort());
+  });
+});
+
+describe('sniff without the codecs', () => {
+  // sbk-changelog and sbk-send sniff every input: the codecs' magic bytes live apart from their
+  // implementations (codecs/names.ts) so that telling a compressed stream loads no zlib.
+  it('tells gzip and zstd by their magic without loading zlib or a codec module', () => {
+    const input = new URL('../../dist/formats/input.js', import.meta.url).href;
+    const script = [
+      `const { sniff } = await import(${JSON.stringify(input)});`,
+      'const kinds = [sniff(Buffer.from([0x1f, 0x8b, 8, 0])), sniff(Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0])), sniff(Buffer.from([0x28, 0xb5, 0]))];',
+      "process.stdout.write(JSON.stringify({ kinds, zlib: process.moduleLoadList.some((m) => / zlib$/.test(m)) }));",
+    ].join('\n');
+    const out = JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' })) as unknown;
+    expect(out).toEqual({ kinds: ['gzip', 'zstd', 'binary'], zlib: false });
   });
 });
 

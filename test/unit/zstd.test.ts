@@ -40,7 +40,9 @@ describe('the codec registry', () => {
     expect(DEFAULT_CODEC.name).toBe('gzip');
     // What sbk-pack's options say (names.ts, loaded without the codecs) is what the codecs are.
     expect(DEFAULT_CODEC_NAME).toBe(DEFAULT_CODEC.name);
-    expect(Object.values(CODEC_INFO)).toEqual(codecs.map((c) => ({ name: c.name, suffix: c.suffix, levels: c.levels })));
+    expect(Object.values(CODEC_INFO)).toEqual(
+      codecs.map((c) => ({ name: c.name, suffix: c.suffix, levels: c.levels, magic: c.magic, description: c.description, isDataError: c.isDataError })),
+    );
     expect(codecs.map((c) => c.suffix)).toEqual([...ARCHIVE_SUFFIXES]);
     expect(codecByName('zstd')).toBe(zstdCodec);
     expect(codecByName('lz4')).toBeUndefined();

@@ -3,7 +3,9 @@
 // unchanged. The one home of these patterns, for the archive reader and for the consumers of
 // its entries' bodies (see open.ts, readError).
 import { SbkError, ExitCode } from '../../core/errors.js';
-import { codecOfDataError } from '../codecs/codec.js';
+// The codecs' data errors are told from names.ts, not the codec registry: the manifest (this
+// module's corrupt()) is read and written by stages that load no codec (sbk-send).
+import { codecNameOfDataError } from '../codecs/names.js';
 
 export const corrupt = (source: string, msg: string) => new SbkError(`${source}: ${msg}`, ExitCode.corrupt);
 
@@ -22,8 +24,8 @@ export type StreamFault =
 
 /** Which stream a read error says is broken: the compressed one (which codec), the tar, or neither. */
 export function streamFault(err: unknown): StreamFault {
-  const codec = err instanceof Error ? codecOfDataError(err) : undefined;
-  if (codec) return { kind: 'codec', codec: codec.name };
+  const codec = err instanceof Error ? codecNameOfDataError(err) : undefined;
+  if (codec) return { kind: 'codec', codec };
   const msg = (err as Error | undefined)?.message ?? String(err);
   if (BROKEN_TAR.test(msg)) return { kind: 'tar', notTar: NOT_TAR.test(msg) };
   return undefined;

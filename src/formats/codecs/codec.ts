@@ -7,6 +7,7 @@ import type { Duplex, Readable } from 'node:stream';
 import type { ByteReader } from './byte-reader.js';
 import { gzipCodec } from './gzip.js';
 import { zstdCodec } from './zstd.js';
+import { codecNameForMagic } from './names.js';
 
 export interface CompressOptions {
   /** Compression level (the codec's own scale, its `levels`). */
@@ -87,7 +88,8 @@ export function codecByName(name: string): Codec | undefined {
 
 /** The codec whose magic bytes `head` starts with, if any. */
 export function codecForMagic(head: Buffer): Codec | undefined {
-  return codecs.find((c) => head.length >= c.magic.length && head.subarray(0, c.magic.length).equals(c.magic));
+  const name = codecNameForMagic(head);
+  return name && codecByName(name);
 }
 
 /** The codec a read error belongs to, when it is one of a corrupt or cut compressed stream. */

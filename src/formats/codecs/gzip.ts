@@ -246,12 +246,7 @@ export function createGunzip(): zlib.Gunzip {
 
 export const gzipCodec = {
   ...CODEC_INFO.gzip,
-  magic: Buffer.from([0x1f, 0x8b]),
-  description: 'gzip-compressed data (an sbk archive? sbk-pack output?)',
   compress: (opts) => createGzipCompressor(opts),
   decompress: createGunzip,
-  isDataError: (err) =>
-    ((err as NodeJS.ErrnoException).code ?? '').startsWith('Z_') ||
-    /incorrect header check|invalid (block|stored|distance|code)|unexpected end of file/i.test(err.message),
   member: gzipMember,
 } as const satisfies Codec;

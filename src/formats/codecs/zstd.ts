@@ -15,15 +15,13 @@ import { Duplex } from 'node:stream';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import { waitForDrain, writeChunk, endStream } from '../../core/streams.js';
 import type { ByteReader } from './byte-reader.js';
-import { CODEC_INFO } from './names.js';
+import { CODEC_INFO, ZSTD_DATA_ERROR } from './names.js';
 import type { Codec, CodecCounters, CompressedMember, CompressOptions } from './codec.js';
 
 const KiB = 1024;
 /** How much may queue for zstd's stdin, to go in one system call (see _writev). */
 const WRITE_BATCH = 1024 * KiB;
-export const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
-/** The error code of a corrupt or cut zstd stream (zstd -d failed), for isDataError. */
-const DATA_ERROR = 'ZSTD_DATA';
+export const ZSTD_MAGIC = CODEC_INFO.zstd.magic;
 /** Levels 20..22 need --ultra and hundreds of MiB per thread: not offered (bounded memory). */
 export const ZSTD_LEVELS = CODEC_INFO.zstd.levels;
 /** A block holds at most 128 KiB (RFC 8878, 3.1.1.2.3); larger is corrupt. */
@@ -118,7 +116,7 @@ class ZstdProcess extends Duplex implements CodecCounters {
     if (!this.exit || this.exit.code === 0) return undefined;
     const why = cleanMessage(this.stderr) || (this.exit.signal ? `killed by ${this.exit.signal}` : `exit status ${this.exit.code}`);
     const err = new Error(`zstd: ${why}`) as NodeJS.ErrnoException;
-    if (this.decompressing) err.code = DATA_ERROR;
+    if (this.decompressing) err.code = ZSTD_DATA_ERROR;
     else err.message = `zstd ${this.args.join(' ')} failed: ${why}`;
     return err;
   }
@@ -250,10 +248,7 @@ class ZstdMember implements CompressedMember {
 
 export const zstdCodec = {
   ...CODEC_INFO.zstd,
-  magic: ZSTD_MAGIC,
-  description: 'zstd-compressed data (an sbk archive? sbk-pack output?)',
   compress: (opts) => createZstdCompressor(opts),
   decompress: createZstdDecompressor,
-  isDataError: (err) => (err as NodeJS.ErrnoException).code === DATA_ERROR,
   member: async (reader, index, source, name) => new ZstdMember(reader, index, source, name),
 } as const satisfies Codec;

@@ -4,9 +4,12 @@ import { readdir, lstat, open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import tar from 'tar-stream';
-import { ArchiveWriter, DEFAULT_PART_SIZE, formatRootTime, manifestFromRecord, type VolumeRoot } from '../../formats/archive/archive.js';
-import { isSubvolume, nestedSubvolumes, requireSubvolume, send, sendMetadataNice } from '../../system/btrfs.js';
-import type { ManifestNested } from '../../formats/archive/archive.js';
+// The writer and the manifest, not the archive.js barrel: that also loads the reader and, through
+// its faults, the codecs (zlib), which sbk-send never uses.
+import { ArchiveWriter } from '../../formats/archive/writer.js';
+import { DEFAULT_PART_SIZE, formatRootTime, manifestFromRecord, type VolumeRoot } from '../../formats/archive/manifest.js';
+import { childSubvolumesOfAll, isSubvolume, nestedSubvolumes, requireSubvolume, send, sendMetadataNice } from '../../system/btrfs.js';
+import type { ManifestNested } from '../../formats/archive/manifest.js';
 import { META_FILE_MAX, META_TOTAL_MAX, configLogFiles, isSafeMetaPath, metaEntryCost } from '../../formats/archive/meta.js';
 import { SbkError, ExitCode } from '../../core/errors.js';
 import type { BackupRecord } from '../../formats/record.js';
@@ -173,10 +176,11 @@ async function checkSnapshots(record: BackupRecord): Promise<(volume: string) =>
 
 /** Subvolumes nested in the volumes, which btrfs send does not cross: each is warned of and listed in the manifest. */
 async function findNested(record: BackupRecord, log: Log, signal: AbortSignal | undefined): Promise<ManifestNested[]> {
-  // The volumes are asked at once: two short btrfs commands each.
+  // One `btrfs subvolume list` answers for every volume; one it cannot place asks its own.
+  const children = await childSubvolumesOfAll(record.volumes.map((v) => v.source), signal);
   const finds = await Promise.all(
-    record.volumes.map((v) =>
-      nestedSubvolumes(v.source, v.snapshot, signal).catch((err: unknown) => {
+    record.volumes.map((v, i) =>
+      nestedSubvolumes(v.source, v.snapshot, signal, children[i]).catch((err: unknown) => {
         signal?.throwIfAborted();
         // The live volume is only asked which subvolumes it holds: without it the backup is still whole.
         log.warn(`${record.name}: cannot look for nested subvolumes in ${v.name} (${(err as Error).message})`);
