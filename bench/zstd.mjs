@@ -59,6 +59,7 @@ function sh(script, env = {}) {
 }
 
 let TIMEDIR = '';
+let MNT = ''; // the sandbox's BTRFS
 let seq = 0;
 /** A stage under /usr/bin/time (wall, user, sys, peak RSS in KiB). */
 function T(name, cmd) {
@@ -82,6 +83,9 @@ async function removeSubvolumesIn(dir) {
   for (const n of await readdir(dir)) if ((await lstat(path.join(dir, n))).ino === 256) subs.push(path.join(dir, n));
   if (subs.length) await sh(`btrfs -q subvolume delete ${subs.map(q).join(' ')}`);
   await rm(dir, { recursive: true, force: true });
+  // The kernel frees deleted subvolumes in the background, and writes dirty data back later: both
+  // would land in the next contender's time. Wait for them here.
+  await sh(`btrfs subvolume sync ${q(MNT)} && sync`);
 }
 
 const nextSecond = () => new Promise((r) => setTimeout(r, 1100 - (Date.now() % 1000)));
@@ -90,7 +94,7 @@ async function setup() {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sbk-bench-zstd-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   const image = path.join(dir, 'btrfs.img');
-  const mnt = path.join(dir, 'mnt');
+  const mnt = (MNT = path.join(dir, 'mnt'));
   await mkdir(mnt);
   await sh(`truncate -s ${QUICK ? 3 : 6}G ${q(image)} && mkfs.btrfs -q -f ${q(image)} && mount -o loop ${q(image)} ${q(mnt)}`);
   cleanups.push(() => {
