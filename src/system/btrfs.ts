@@ -284,41 +284,41 @@ async function childSubvolumes(p: string, signal?: AbortSignal): Promise<string[
   return out;
 }
 
-/** A line of `btrfs subvolume list`: ID, its parent's ID (top level), path from the filesystem's top level. */
-const PLAIN_LIST_LINE = /^ID (\d+) gen \d+ top level (\d+) path (.*)$/;
+/** A line of `btrfs subvolume list -a -u -q`: ID, its parent's ID (top level), parent UUID, UUID, path from the top level. */
+const UUID_LIST_LINE = /^ID (\d+) gen \d+ top level (\d+) parent_uuid (\S+)\s+uuid (\S+) path (.*)$/;
 
 /**
- * childSubvolumes of several subvolumes of one filesystem (a container's volumes: their snapshots
- * share a set directory, so they share a filesystem) from one `btrfs subvolume list -a` of it,
- * rather than two processes each (-a: every path from the filesystem's top level, some behind
- * `<FS_TREE>/`; without it, those below the asked subvolume are relative to it). A subvolume is
- * found in the list by its path, only when exactly one listed path ends its real path; its
- * children are the subvolumes whose parent it is. undefined for one not found so, and for all
- * when the list fails: ask childSubvolumes of those.
+ * childSubvolumes of a container's live volumes from one `btrfs subvolume list -a -u -q` of their
+ * filesystem, rather than two processes each (-a: every path from the filesystem's top level, some
+ * behind `<FS_TREE>/`). Each live volume is found by UUID, not by path (a path from the top level
+ * says nothing of where a filesystem mounted with subvol= shows it): it is the parent (snapshot
+ * source) of the volume's snapshot, whose UUID the record holds. Its children are the subvolumes
+ * whose parent ID is its. undefined for a volume not found so (its snapshot on another
+ * filesystem, its live volume replaced since), and for all when the list fails: ask
+ * childSubvolumes of those.
  */
-export async function childSubvolumesOfAll(paths: string[], signal?: AbortSignal): Promise<(string[] | undefined)[]> {
-  if (paths.length === 0) return [];
-  let listed: { id: string; parent: string; path: string }[];
+export async function childSubvolumesOfAll(
+  volumes: { live: string; snapshotUuid: string }[],
+  signal?: AbortSignal,
+): Promise<(string[] | undefined)[]> {
+  if (volumes.length === 0) return [];
+  let listed: { id: string; parent: string; parentUuid: string; uuid: string; path: string }[];
   try {
-    listed = (await btrfs(['subvolume', 'list', '-a', paths[0]!], signal))
+    listed = (await btrfs(['subvolume', 'list', '-a', '-u', '-q', volumes[0]!.live], signal))
       .split('\n')
-      .map((line) => PLAIN_LIST_LINE.exec(line))
+      .map((line) => UUID_LIST_LINE.exec(line))
       .filter((m): m is RegExpExecArray => m !== null)
-      .map((m) => ({ id: m[1]!, parent: m[2]!, path: stripListPath(m[3]!) }));
+      .map((m) => ({ id: m[1]!, parent: m[2]!, parentUuid: m[3]!, uuid: m[4]!, path: stripListPath(m[5]!) }));
   } catch {
     signal?.throwIfAborted();
-    return paths.map(() => undefined);
+    return volumes.map(() => undefined);
   }
-  return Promise.all(
-    paths.map(async (p) => {
-      const real = await realpath(p).catch(() => undefined);
-      if (!real) return undefined;
-      const hits = listed.filter((l) => l.path !== '' && (real === '/' + l.path || real.endsWith('/' + l.path)));
-      if (hits.length !== 1) return undefined;
-      const self = hits[0]!;
-      return listed.filter((l) => l.parent === self.id && l.path.startsWith(self.path + '/')).map((l) => l.path.slice(self.path.length + 1));
-    }),
-  );
+  return volumes.map((v) => {
+    const snap = listed.find((l) => l.uuid === v.snapshotUuid);
+    const self = snap && snap.parentUuid !== '-' ? listed.find((l) => l.uuid === snap.parentUuid) : undefined;
+    if (!self || self.path === '') return undefined;
+    return listed.filter((l) => l.parent === self.id && l.path.startsWith(self.path + '/')).map((l) => l.path.slice(self.path.length + 1));
+  });
 }
 
 interface NestedSubvolume {

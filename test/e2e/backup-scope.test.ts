@@ -7,7 +7,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { appendFile, mkdir, readFile, stat, writeFile, readdir } from 'node:fs/promises';
 import { execa } from 'execa';
 import path from 'node:path';
-import { ROOT, e2eMode, makeSandbox, makeContainer, randomish, sh, treeDiff, type Sandbox } from '../helpers/sandbox.js';
+import { ROOT, e2eMode, makeSandbox, makeContainer, randomish, sh, treeDiff, unmount, type Sandbox } from '../helpers/sandbox.js';
 
 const mode = e2eMode();
 
@@ -105,7 +105,7 @@ describe.skipIf(mode === 'skip')('what a backup holds beside the volumes', () =>
     const r = await sh('sbk-snap n1 | sbk-send | sbk-pack', sb, { env: { PATH: `${path.join(ROOT, 'bin')}:${wrapDir}:${process.env.PATH}` } });
     expect(r.exitCode).toBe(0);
     const bySend = (await readFile(btrfsLog, 'utf8')).split('\n').filter((l) => /bin\/sbk-send .*:: /.test(l)).map((l) => l.split(':: ')[1]);
-    expect(bySend.filter((l) => /^subvolume (list|show)/.test(l))).toEqual([expect.stringMatching(/^subvolume list -a \/\S+$/)]);
+    expect(bySend.filter((l) => /^subvolume (list|show)/.test(l))).toEqual([expect.stringMatching(/^subvolume list -a -u -q \/\S+$/)]);
     const warnings = r.stderr.split('\n').filter((l) => /nested subvolume/.test(l));
     expect(warnings).toHaveLength(2);
     expect(warnings.join('\n')).toMatch(/rootfs.*var\/lib\/docker/);
@@ -131,6 +131,31 @@ describe.skipIf(mode === 'skip')('what a backup holds beside the volumes', () =>
     const set = path.join(sb.backupDir, 'n1', (await readdir(path.join(sb.backupDir, 'n1')))[0]!);
     expect(await treeDiff(path.join(set, 'rootfs'), path.join(back, 'rootfs'))).toEqual([expect.stringMatching(/^\.d\.\.[.t]p\.+ var\/lib\/docker\/$/)]);
     expect((await treeDiff(path.join(set, 'var'), path.join(back, 'var'))).filter((l) => !/ machines\/$/.test(l))).toEqual([]);
+  });
+
+  it('finds nested subvolumes when the LXC dir is a subvolume mounted with subvol= and another subvolume has a path like the volume\'s', async () => {
+    // The LXC dir seen through a second mount of its subvolume: paths from the filesystem's top
+    // level (lxc/s1/rootfs) no longer end the real paths (<view>/s1/rootfs), while a decoy
+    // top-level s1/rootfs, with a child of its own, does.
+    const view = path.join(sb.dir, 'view');
+    await mkdir(view);
+    const dev = (await execa('findmnt', ['-no', 'SOURCE', sb.mnt])).stdout.trim();
+    await execa('mount', ['-o', `subvol=${path.relative(sb.mnt, sb.lxcDir)}`, dev, view]);
+    try {
+      await mkdir(path.join(sb.mnt, 's1'));
+      await execa('btrfs', ['subvolume', 'create', path.join(sb.mnt, 's1/rootfs')]);
+      await execa('btrfs', ['subvolume', 'create', path.join(sb.mnt, 's1/rootfs/decoy')]);
+      const viewSb = { ...sb, lxcDir: view, backupDir: path.join(view, 'backups'), env: { SBK_LXC_DIR: view, SBK_BACKUP_DIR: path.join(view, 'backups') } };
+      const c = await makeContainer(viewSb, 's1', { volumes: ['rootfs'], content: false });
+      await mkdir(path.join(c, 'rootfs/srv'));
+      await execa('btrfs', ['subvolume', 'create', path.join(c, 'rootfs/srv/inner')]);
+      const r = await sh('sbk-snap s1 | sbk-send | sbk-pack', viewSb);
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(r.stderr).toMatch(/s1.*rootfs.*nested subvolume srv\/inner is not backed up/);
+      expect((await manifestOf(r.stdout.trim())).nestedSubvolumes).toEqual([{ volume: 'rootfs', path: 'srv/inner', mode: 0o755, uid: 0, gid: 0 }]);
+    } finally {
+      await unmount(view);
+    }
   });
 
   it('names the volume and the path when a path is too long for btrfs send', async () => {

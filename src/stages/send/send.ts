@@ -177,7 +177,7 @@ async function checkSnapshots(record: BackupRecord): Promise<(volume: string) =>
 /** Subvolumes nested in the volumes, which btrfs send does not cross: each is warned of and listed in the manifest. */
 async function findNested(record: BackupRecord, log: Log, signal: AbortSignal | undefined): Promise<ManifestNested[]> {
   // One `btrfs subvolume list` answers for every volume; one it cannot place asks its own.
-  const children = await childSubvolumesOfAll(record.volumes.map((v) => v.source), signal);
+  const children = await childSubvolumesOfAll(record.volumes.map((v) => ({ live: v.source, snapshotUuid: v.uuid })), signal);
   const finds = await Promise.all(
     record.volumes.map((v, i) =>
       nestedSubvolumes(v.source, v.snapshot, signal, children[i]).catch((err: unknown) => {
