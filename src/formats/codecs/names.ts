@@ -1,8 +1,9 @@
 // What sbk-pack's options and the input sniffing (formats/input.ts) say of each compression
 // format, without loading a codec: its name, its archives' file suffix, its levels, its magic
-// bytes, how input of it is described and which errors say a stream of it is corrupt. The codecs (codec.ts's registry) take theirs from here,
-// so the two never differ, `sbk-pack --help` loads no zlib and no child processes, and stages that
-// only sniff their input or write no archive (sbk-changelog, sbk-send) load no codec.
+// bytes, how input of it is described and which errors say a stream of it is corrupt. The codecs
+// (codec.ts's registry) take theirs from here, so the two never differ, `sbk-pack --help` loads no
+// zlib and no child processes, and stages that only sniff their input or write no archive
+// (sbk-changelog, sbk-send) load no codec.
 
 /** The error code zstd.ts gives the errors of a corrupt or cut zstd stream (zstd -d failed). */
 export const ZSTD_DATA_ERROR = 'ZSTD_DATA';
